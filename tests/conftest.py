@@ -1,0 +1,64 @@
+"""Shared test setup.
+
+- Tests marked ``gpu`` run only where CuPy and a GPU are usable.
+- With ``MINIRES_CI=1`` (set by ``.ci/run``) any skipped test other than a
+  ``gpu`` one fails the session: in CI the PyTorch cross-checks must run.
+- ``MINIRES_BACKEND=cupy pytest`` runs the whole suite on the GPU backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "minires",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+settings.load_profile("minires")
+
+
+def _gpu_usable() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _gpu_usable():
+        return
+    skip = pytest.mark.skip(reason="no usable GPU (CuPy not installed or no device)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+_unexpected_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and os.environ.get("MINIRES_CI") == "1":
+        if "gpu" not in report.keywords:
+            _unexpected_skips.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unexpected_skips:
+        print(f"\nMINIRES_CI: {len(_unexpected_skips)} test(s) were skipped but CI must run them:")
+        for nodeid in _unexpected_skips:
+            print(f"  {nodeid}")
+        session.exitstatus = 1
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
