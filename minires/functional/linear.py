@@ -104,8 +104,10 @@ def linear_backward(dout: Array, cache: Any,
 def flatten_forward(x: Array) -> tuple[Array, Any]:
     """(N, d1, d2, ...) -> (N, d1*d2*...), in C order (as ``torch.flatten(x, 1)``).
 
-    A 1-D input (N,) becomes (N, 1). The result may be a view of ``x``; like
-    every op here, nothing downstream writes into it.
+    A 1-D input (N,) becomes (N, 1). The result is a copy, never a view of
+    ``x``: finite-difference checks perturb ``x`` in place and would otherwise
+    move the "output" along with it. (It is small: flatten usually follows
+    global average pooling.)
 
     Returns
     -------
@@ -117,7 +119,7 @@ def flatten_forward(x: Array) -> tuple[Array, Any]:
                          f"got {_shape(x)}")
     xp = backend.namespace(x)
     shape = tuple(x.shape)
-    return xp.reshape(x, (shape[0], math.prod(shape[1:]))), shape
+    return xp.reshape(x, (shape[0], math.prod(shape[1:])), copy=True), shape
 
 
 def flatten_backward(dout: Array, cache: Any) -> Array:
