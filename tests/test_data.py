@@ -77,6 +77,8 @@ def test_digits_file_is_small_and_holds_the_uci_test_part():
     assert np.bincount(labels).tolist() == PER_CLASS
     digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
     assert digest == DIGITS_CONTENT_SHA256
+    with pytest.raises(FileNotFoundError, match="no_such_file.npz"):
+        bundled_file("no_such_file.npz")
 
 
 @pytest.mark.parametrize(("split", "n"), [("train", 1438), ("test", 359), ("all", 1797)])

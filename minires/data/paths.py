@@ -41,14 +41,13 @@ def bundled_file(name: str) -> Path:
     """
     looked = []
     try:
-        resource = importlib.resources.files("minires._bundled") / name
-    except ModuleNotFoundError:
+        resource = importlib.resources.files("minires._bundled").joinpath(name)
+    except ModuleNotFoundError:  # running from a source checkout, or an editable install
         resource = None
-    if resource is not None:
-        with importlib.resources.as_file(resource) as path:
-            if path.is_file():
-                return Path(path)
-            looked.append(str(path))
+    if isinstance(resource, Path):  # installed as plain files (what pip does)
+        if resource.is_file():
+            return resource
+        looked.append(str(resource))
     candidate = _SOURCE_DATA / name
     if candidate.is_file():
         return candidate
