@@ -121,8 +121,8 @@ class DataLoader:
 
     def _gather(self, idx: np.ndarray) -> tuple[Array, Array]:
         y = backend.asarray(self._labels_host[idx], dtype="int64")
-        if self._on_host:
-            return backend.asarray(self.images[idx]), y
+        if self._on_host:  # the fancy index already copied: hand it over without a 2nd copy
+            return backend.xp().asarray(self.images[idx]), y
         # images already on the backend: gather there (Array API take)
         xp = backend.namespace(self.images)
         return xp.take(self.images, xp.asarray(idx.tolist(), dtype=xp.int64), axis=0), y

@@ -77,7 +77,9 @@ class Normalize:
         device = array_api_compat.device(x)
         mean = xp.reshape(xp.asarray(self.mean, dtype=x.dtype, device=device), (1, c, 1, 1))
         std = xp.reshape(xp.asarray(self.std, dtype=x.dtype, device=device), (1, c, 1, 1))
-        return (x - mean) / std
+        out = x - mean  # a new array, so dividing in place leaves x alone
+        out /= std
+        return out
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean}, std={self.std})"
