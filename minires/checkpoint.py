@@ -185,7 +185,12 @@ def _host_array(a: Any, key: str) -> np.ndarray:
     if a.dtype.kind not in _ALLOWED_KINDS or a.dtype.fields is not None:
         raise CheckpointError(f"cannot store {key!r}: dtype {a.dtype} is not a plain numeric, "
                               "bool or string dtype (object arrays would need pickle)")
-    return np.ascontiguousarray(a)
+    return _c_order(a)
+
+
+def _c_order(a: np.ndarray) -> np.ndarray:
+    """``a`` in C order (``np.ascontiguousarray`` would turn 0-d into 1-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         if name == DIGEST_KEY:
             continue
-        a = np.ascontiguousarray(arrays[name])
+        a = _c_order(np.asarray(arrays[name]))
         header = f"{len(name)}:{name}|{a.dtype.str}|{a.shape}|{a.nbytes}\n"
         h.update(header.encode("utf-8"))
         h.update(a.reshape(-1).view(np.uint8))
