@@ -13,7 +13,7 @@ from minires.gradcheck import check_module
 
 def small_net(dtype="float32"):
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, dtype=dtype),
+        nn.Conv2d(3, 4, 3, padding=1, bias=False, dtype=dtype),  # BN follows: no bias
         nn.BatchNorm2d(4, dtype=dtype),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -29,7 +29,7 @@ def torch_twin(torch, net):
     """The same network in torch.nn, with identical float64 weights."""
     tnn = torch.nn
     t = tnn.Sequential(
-        tnn.Conv2d(3, 4, 3, padding=1), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(3, 4, 3, padding=1, bias=False), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.MaxPool2d(2),
         tnn.Conv2d(4, 5, (3, 2), stride=(1, 2), bias=False), tnn.AvgPool2d(2, stride=1, padding=1),
         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.BatchNorm1d(5), tnn.Linear(5, 3),
     ).double()
