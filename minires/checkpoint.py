@@ -26,6 +26,7 @@ naming the path.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -85,7 +86,7 @@ def flatten_tree(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
     scalar keys, lists, tuples, None, bools, ints, floats, strings, NumPy
     scalars) is kept as JSON text in ``prefix + "__tree__"``, with
     placeholders for the arrays. NumPy ``Generator``/``BitGenerator`` objects
-    are stored as their ``bit_generator.state`` dict.
+    are stored as their ``bit_generator.state`` dict, paths as strings.
 
     Parameters
     ----------
@@ -104,6 +105,8 @@ def flatten_tree(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
             node = node.bit_generator.state
         elif isinstance(node, np.random.BitGenerator):
             node = node.state
+        if isinstance(node, os.PathLike):
+            node = os.fspath(node)  # comes back as a str
         if isinstance(node, np.generic):  # before float: np.float64 is a float
             return {_TAG + "scalar__": encode_array(np.asarray(node), path)}
         if node is None or isinstance(node, (bool, int, float, str)):
@@ -336,7 +339,7 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, Any],
     epoch : int, epochs completed.
     rng_state : a NumPy ``Generator`` (stored as its ``bit_generator.state``),
         such a state dict, or nested dicts/lists of them; or None.
-    config : dict (or dataclass) of settings, JSON-like data; or None.
+    config : dict (or dataclass, or argparse.Namespace) of settings, JSON-like data; or None.
     extra : any other nested data (numbers, strings, arrays) or None.
 
     Raises
@@ -348,6 +351,8 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: Mapping[str, Any],
     arrays, keys = _model_arrays(model_state, f"save_checkpoint({shown})")
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
+    elif isinstance(config, argparse.Namespace):
+        config = vars(config)
     values = {"optimizer_state": optimizer_state, "scheduler_state": scheduler_state,
               "rng_state": rng_state, "config": config, "extra": extra}
     present = []

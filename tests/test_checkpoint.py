@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import io
 import os
+import pathlib
 import subprocess
 import sys
 import zipfile
@@ -112,6 +115,16 @@ def test_minimal_checkpoint_and_layout(tmp_path):
     save_checkpoint(path, model_state={"w": np.arange(3.0)})
     out = load_checkpoint(path)
     assert out["epoch"] == 0 and out["optimizer_state"] is None and out["config"] is None
+
+    @dataclasses.dataclass
+    class Config:
+        depth: int = 20
+        root: pathlib.Path = pathlib.Path("/data/cifar")
+
+    save_checkpoint(path, model_state={}, config=Config())
+    assert load_checkpoint(path)["config"] == {"depth": 20, "root": "/data/cifar"}
+    save_checkpoint(path, model_state={}, config=argparse.Namespace(lr=0.1))
+    assert load_checkpoint(path)["config"] == {"lr": 0.1}
     opt, _ = trained_optimizer()
     save_checkpoint(path, model_state=model_state(), optimizer_state=opt.state_dict())
     with np.load(path, allow_pickle=False) as f:
@@ -257,7 +270,11 @@ np.lib.format.write_array = die
 save_checkpoint({str(path)!r}, model_state={{"w": np.ones((100, 100))}} | dict(
     (f"b{{i}}", np.zeros(i + 1)) for i in range(5)), epoch=2)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                            env=env, cwd=tmp_path)
     assert result.returncode == 3, result.stderr.decode()
     assert load_checkpoint(path)["epoch"] == 1
     leftovers = [n for n in os.listdir(tmp_path) if n != "ckpt.npz"]
