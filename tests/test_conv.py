@@ -113,6 +113,15 @@ def test_fast_im2col_equals_portable(case):
     np.testing.assert_array_equal(fast, portable)
 
 
+def test_memory_layout_is_the_documented_one(rng):
+    """Speed, not values: cols.T and out's (C_out, N, OH, OW) storage are contiguous."""
+    x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2))
+    for portable in (False, True):
+        assert conv.im2col(x, (3, 2), 2, 1, portable=portable).T.flags.c_contiguous
+    out, _ = conv.conv2d_forward(x, w, None, 2, 1)
+    assert out.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
 @given(conv_cases())
 def test_col2im_is_the_adjoint_of_im2col(case):
     """<im2col(x), c> == <x, col2im(c)> for every x and c."""

@@ -30,6 +30,17 @@ strided slice of a zero image, so overlapping windows sum up. That is the
 dx of the convolution, and the reason the backward pass is again a matrix
 product followed by col2im.
 
+Memory layout (speed only; the values are as above): ``im2col`` builds the
+transpose ``cols.T`` (C*KH*KW, N*OH*OW) as a contiguous array and returns
+the transposed view ``cols``. Filling ``cols.T`` copies long runs along
+``ow``, while filling ``cols`` directly copies runs of KW numbers;
+``matmul`` reads a transposed operand without copying. Likewise the
+convolution computes ``out.T = w_mat @ cols.T`` (C_out, N*OH*OW), so ``out``
+is an (N, C_out, OH, OW) view of memory laid out (C_out, N, OH, OW): every
+output map is contiguous, which the next im2col and BatchNorm's per-channel
+sums like. On ResNet-20's shapes (batch 128, 2-core CPU) this made im2col
+about 2x and col2im 2 to 5x faster than filling ``cols`` row by row.
+
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are four nested loops:
 slow, obvious, and the reference the fast version is tested against.
 """
@@ -139,7 +150,8 @@ def im2col(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair
     Returns
     -------
     cols : (N*OH*OW, C*KH*KW), same dtype as ``x``; rows ordered (n, oh, ow),
-        columns ordered (c, i, j) (see the module docstring).
+        columns ordered (c, i, j); a transposed view of a contiguous
+        (C*KH*KW, N*OH*OW) array (see the module docstring).
     """
     kh, kw = kernel = as_pair(kernel_size, "kernel_size", "im2col", 1)
     stride = as_pair(stride, "stride", "im2col", 1)
@@ -152,21 +164,22 @@ def im2col(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair
 
     if backend.is_numpy_like(xp) and not portable:
         # Fast path (NumPy/CuPy only, outside the Array API standard): a
-        # strided *view* (N, OH, OW, C, KH, KW) whose element [n, oh, ow, c, i, j]
-        # is x_padded[n, c, oh*sh + i, ow*sw + j], then one copy into the matrix.
-        # One copy instead of one per kernel offset: about 2x faster on a
-        # ResNet-20 training step (GUIDE section 3).
+        # strided *view* (C, KH, KW, N, OH, OW) whose element [c, i, j, n, oh, ow]
+        # is x_padded[n, c, oh*sh + i, ow*sw + j], then a single copy into
+        # cols.T, instead of one copy per kernel offset: 2 to 4x faster than the
+        # portable path on ResNet-20's shapes (GUIDE section 3).
         s_n, s_c, s_h, s_w = x_padded.strides
         fields = backend.native(xp).lib.stride_tricks.as_strided(
-            x_padded, shape=(n, oh, ow, c, kh, kw),
-            strides=(s_n, stride[0] * s_h, stride[1] * s_w, s_c, s_h, s_w))
-        return xp.reshape(fields, (n * oh * ow, c * kh * kw))
+            x_padded, shape=(c, kh, kw, n, oh, ow),
+            strides=(s_c, s_h, s_w, s_n, stride[0] * s_h, stride[1] * s_w))
+        return xp.reshape(fields, (c * kh * kw, n * oh * ow)).T
 
-    # Portable path: one strided slice (N, C, OH, OW) per kernel offset (i, j).
-    patches = [x_padded[window(i, j, (oh, ow), stride)] for i in range(kh) for j in range(kw)]
-    cols = xp.stack(patches, axis=2)                     # (N, C, KH*KW, OH, OW)
-    cols = xp.permute_dims(cols, (0, 3, 4, 1, 2))        # (N, OH, OW, C, KH*KW)
-    return xp.reshape(cols, (n * oh * ow, c * kh * kw))
+    # Portable path: one strided slice (N, C, OH, OW) per kernel offset (i, j),
+    # stacked as cols.T: (C, KH*KW, N, OH, OW) -> (C*KH*KW, N*OH*OW).
+    patches = [xp.permute_dims(x_padded[window(i, j, (oh, ow), stride)], (1, 0, 2, 3))
+               for i in range(kh) for j in range(kw)]
+    cols_t = xp.stack(patches, axis=1)
+    return xp.reshape(cols_t, (c * kh * kw, n * oh * ow)).T
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
@@ -248,10 +261,11 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     kernel = tuple(w.shape[2:])
     cols = im2col(x, kernel, stride, padding)            # (N*OH*OW, C_in*KH*KW)
     w_mat = xp.reshape(w, (c_out, -1))                   # (C_out, C_in*KH*KW)
-    out = cols @ w_mat.T                                 # (N*OH*OW, C_out)
+    # out = cols @ w_mat.T, computed as its transpose (module docstring):
+    out_t = w_mat @ cols.T                               # (C_out, N*OH*OW)
     if b is not None:
-        out = out + b
-    out = xp.permute_dims(xp.reshape(out, (n, oh, ow, c_out)), (0, 3, 1, 2))
+        out_t = out_t + xp.reshape(b, (c_out, 1))
+    out = xp.permute_dims(xp.reshape(out_t, (c_out, n, oh, ow)), (1, 0, 2, 3))
     cache = (tuple(x.shape), cols, w, b is not None, stride, padding)
     return out, cache
 
@@ -260,7 +274,8 @@ def conv2d_backward(dout: Array, cache: tuple,
                     need_param_grads: bool = True) -> tuple[Array, Array | None, Array | None]:
     """Gradients of ``conv2d_forward``.
 
-    With ``out_mat = cols @ w_mat.T`` (see the forward), the matrix rules give
+    With ``out_mat = cols @ w_mat.T`` (see the forward; ``out_mat`` is ``out``
+    as an (N*OH*OW, C_out) matrix), the matrix rules give
     ``dcols = dout_mat @ w_mat``, ``dw_mat = dout_mat.T @ cols`` and ``db`` the
     sum of ``dout_mat`` over its rows; ``col2im`` turns ``dcols`` into ``dx``.
 
@@ -279,15 +294,17 @@ def conv2d_backward(dout: Array, cache: tuple,
     x_shape, cols, w, has_bias, stride, padding = cache
     xp = backend.namespace(dout, cols)
     n, c_out, oh, ow = dout.shape
-    dout_mat = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (n * oh * ow, c_out))
+    # dout_mat.T, one contiguous row per output channel (free when dout is
+    # laid out like conv2d_forward's out)
+    dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
     w_mat = xp.reshape(w, (c_out, -1))
-    dx = col2im(dout_mat @ w_mat, x_shape, tuple(w.shape[2:]), stride, padding)
+    dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
+    dx = col2im(dcols, x_shape, tuple(w.shape[2:]), stride, padding)
     if not need_param_grads:
         return dx, None, None
-    dw = xp.reshape(dout_mat.T @ cols, w.shape)
-    # The bias gradient sums N*OH*OW rows; a product with a ones vector runs in
-    # BLAS and keeps float32 accurate (a plain sum down axis 0 is sequential).
-    db = xp.ones(n * oh * ow, dtype=dout.dtype) @ dout_mat if has_bias else None
+    dw = xp.reshape(dout_t @ cols, w.shape)
+    # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
+    db = xp.sum(dout_t, axis=1) if has_bias else None
     return dx, dw, db
 
 
