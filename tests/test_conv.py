@@ -331,3 +331,14 @@ def test_im2col_and_col2im_errors():
         conv.col2im(np.zeros((18, 26)), (2, 3, 5, 5), 3)
     with pytest.raises(ValueError, match=r"col2im: expected x_shape \(N, C, H, W\)"):
         conv.col2im(np.zeros((18, 27)), (3, 5, 5), 3)
+
+
+@pytest.mark.parametrize("forward, backward", [
+    (conv.conv2d_forward, conv.conv2d_backward),
+    (conv.conv2d_forward_naive, conv.conv2d_backward_naive),
+])
+def test_backward_rejects_dout_of_the_wrong_shape(forward, backward):
+    _, cache = forward(_x, _w, None, 1, 1)
+    with pytest.raises(ValueError, match=rf"{backward.__name__}: expected dout of the output's "
+                                         r"shape \(2, 4, 5, 5\), got \(2, 4, 5, 4\)"):
+        backward(np.zeros((2, 4, 5, 4)), cache)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -285,3 +286,16 @@ def test_global_avgpool_errors():
         pool.global_avgpool2d_forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"global_avgpool2d_forward: expected a floating-point"):
         pool.global_avgpool2d_forward(np.zeros((2, 3, 4, 4), dtype=np.int32))
+
+
+@pytest.mark.parametrize("forward, backward, args, shape", [
+    (pool.maxpool2d_forward, pool.maxpool2d_backward, (_x, 2), "(2, 3, 2, 2)"),
+    (pool.avgpool2d_forward, pool.avgpool2d_backward, (_x, 3, 1, 1), "(2, 3, 5, 5)"),
+    (pool.global_avgpool2d_forward, pool.global_avgpool2d_backward, (_x,), "(2, 3)"),
+])
+def test_backward_rejects_dout_of_the_wrong_shape(forward, backward, args, shape):
+    out, cache = forward(*args)
+    bad = np.zeros(out.shape[:-1] + (out.shape[-1] + 1,))
+    with pytest.raises(ValueError, match=rf"{backward.__name__}: expected dout of the output's "
+                                         rf"shape {re.escape(shape)}, got"):
+        backward(bad, cache)

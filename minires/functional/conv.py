@@ -101,6 +101,13 @@ def check_window(x_shape: tuple[int, ...], kernel_size: tuple[int, int],
     return oh, ow
 
 
+def check_dout(dout: Any, expected: tuple[int, ...], op: str) -> None:
+    """ValueError naming ``op`` unless ``dout`` has the shape of the forward's output."""
+    got = tuple(getattr(dout, "shape", ()))
+    if got != tuple(expected):
+        raise ValueError(f"{op}: expected dout of the output's shape {tuple(expected)}, got {got}")
+
+
 def pad2d(x: Array, padding: tuple[int, int], value: float = 0.0) -> Array:
     """(N, C, H, W) -> (N, C, H + 2*ph, W + 2*pw): a new array filled with
     ``value`` whose interior is ``x``. Returns ``x`` itself when padding is 0."""
@@ -292,8 +299,10 @@ def conv2d_backward(dout: Array, cache: tuple,
     db : (C_out,), or None without bias or when ``need_param_grads`` is False
     """
     x_shape, cols, w, has_bias, stride, padding = cache
+    n, c_out = x_shape[0], w.shape[0]
+    oh, ow = conv2d_output_size(x_shape[2:], tuple(w.shape[2:]), stride, padding)
+    check_dout(dout, (n, c_out, oh, ow), "conv2d_backward")
     xp = backend.namespace(dout, cols)
-    n, c_out, oh, ow = dout.shape
     # dout_mat.T, one contiguous row per output channel (free when dout is
     # laid out like conv2d_forward's out)
     dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
@@ -343,9 +352,10 @@ def conv2d_backward_naive(dout: Array, cache: tuple) -> tuple[Array, Array, Arra
     Returns ``(dx, dw, db)`` with the shapes of ``x``, ``w``, ``b`` (db None without bias).
     """
     x_padded, w, has_bias, (sh, sw), padding = cache
+    n, c_out, kh, kw = x_padded.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    oh, ow = conv2d_output_size(x_padded.shape[2:], (kh, kw), (sh, sw), (0, 0))
+    check_dout(dout, (n, c_out, oh, ow), "conv2d_backward_naive")
     xp = backend.namespace(dout, w)
-    n, c_out, oh, ow = dout.shape
-    kh, kw = w.shape[2], w.shape[3]
     dx_padded = xp.zeros(x_padded.shape, dtype=x_padded.dtype)
     dw = xp.zeros(w.shape, dtype=w.dtype)
     for k in range(n):

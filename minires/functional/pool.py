@@ -26,7 +26,7 @@ import math
 
 from .. import backend
 from ..backend import Array
-from .conv import IntPair, as_pair, check_image, check_window, pad2d, unpad2d, window
+from .conv import IntPair, as_pair, check_dout, check_image, check_window, pad2d, unpad2d, window
 
 
 def _pool_params(x: Array, kernel_size: IntPair, stride: IntPair | None, padding: IntPair,
@@ -91,6 +91,7 @@ def maxpool2d_backward(dout: Array, cache: tuple) -> Array:
     dx : (N, C, H, W), same dtype as ``dout``
     """
     argmax, x_shape, (kh, kw), stride, padding = cache
+    check_dout(dout, argmax.shape, "maxpool2d_backward")
     xp = backend.namespace(dout)
     n, c, h, w = x_shape
     out_size = tuple(dout.shape[2:])
@@ -142,8 +143,9 @@ def avgpool2d_backward(dout: Array, cache: tuple) -> Array:
     dx : (N, C, H, W), same dtype as ``dout``
     """
     (n, c, h, w), (kh, kw), stride, padding = cache
+    out_size = check_window((n, c, h, w), (kh, kw), stride, padding, "avgpool2d_backward")
+    check_dout(dout, (n, c, *out_size), "avgpool2d_backward")
     xp = backend.namespace(dout)
-    out_size = tuple(dout.shape[2:])
     share = dout / (kh * kw)
     dx_padded = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=dout.dtype)
     for i in range(kh):
@@ -178,6 +180,7 @@ def global_avgpool2d_backward(dout: Array, cache: tuple) -> Array:
     dx : (N, C, H, W), same dtype as ``dout``
     """
     (n, c, h, w), = cache
+    check_dout(dout, (n, c), "global_avgpool2d_backward")
     xp = backend.namespace(dout)
     share = xp.reshape(dout, (n, c, 1, 1)) / (h * w)
     return xp.zeros((n, c, h, w), dtype=dout.dtype) + share
