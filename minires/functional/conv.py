@@ -259,7 +259,8 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
 
     Returns
     -------
-    out : (N, C_out, OH, OW), same dtype as ``x``
+    out : (N, C_out, OH, OW), same dtype as ``x``; a view of memory laid out
+        (C_out, N, OH, OW) (see the module docstring)
     cache : for ``conv2d_backward``
     """
     stride, padding, (oh, ow) = _check_conv(x, w, b, stride, padding, "conv2d_forward")
