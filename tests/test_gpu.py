@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from util import host, rel
 
-from minires import backend, functional as F, nn
+from minires import backend, nn
+from minires import functional as F
 from minires.models import resnet_cifar
 
 pytestmark = pytest.mark.gpu
