@@ -1,42 +1,87 @@
-"""Learning curves as PNG files (matplotlib's Agg backend: no display needed)."""
+"""Learning curves as PNG files.
+
+The figures are built with ``matplotlib.figure.Figure`` and its Agg canvas
+directly, not through ``pyplot``: no display is needed, nothing global changes
+(a notebook keeps its own backend), and no figure stays registered in memory.
+matplotlib is imported on first use, so ``import minires`` stays quick.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from typing import Any
 
 
-def plot_history(history: Sequence[Mapping[str, float]], path: str | Path,
-                 title: str = "") -> Path:
-    """Plot loss and error per epoch, train against test, and save as PNG.
+def learning_curves(history: Sequence[Mapping[str, float]], title: str = "") -> Any:
+    """Loss and error per epoch, train against test, as a matplotlib ``Figure``.
 
-    ``history`` is the trainer's list of per-epoch records with keys
-    ``epoch``, ``train_loss``, ``train_acc`` and, when evaluated,
-    ``test_loss`` and ``test_acc``. Error is ``100 * (1 - accuracy)``, the
-    quantity the paper's figures show.
+    Parameters
+    ----------
+    history : the trainer's per-epoch records, dicts with keys ``epoch``,
+        ``train_loss``, ``train_acc`` and, when a test set was evaluated,
+        ``test_loss`` and ``test_acc``. Error is ``100 * (1 - accuracy)``, the
+        quantity the paper's figures show.
+    title : shown above both panels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure with two axes (loss, error in %); display it in a
+    notebook as it is, or save it with ``fig.savefig(path)``.
     """
-    path = Path(path)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_err = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "--"), ("test", "-")):
-        if history and f"{split}_loss" in history[0]:
+        if history and all(f"{split}_loss" in h for h in history):
             ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split)
             ax_err.plot(epochs, [100 * (1 - h[f"{split}_acc"]) for h in history], style,
                         label=split)
+    if history and all("test_acc" in h for h in history):
+        best = max(history, key=lambda h: h["test_acc"])
+        ax_err.annotate(f"best {100 * (1 - best['test_acc']):.2f}%",
+                        (best["epoch"], 100 * (1 - best["test_acc"])),
+                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="cross-entropy loss")
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="classification error")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[Mapping[str, float]], path: str | Path,
+                 title: str = "") -> Path:
+    """Draw ``learning_curves(history, title)`` and save it as a PNG at ``path``.
+
+    Parameters
+    ----------
+    history : per-epoch records, as for :func:`learning_curves`.
+    path : the PNG file to write (its folder is created); written to a
+        temporary file first and renamed, so a reader never sees half a file.
+    title : figure title.
+
+    Returns
+    -------
+    The path written.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig = learning_curves(history, title)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

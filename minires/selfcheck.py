@@ -37,6 +37,15 @@ def _op_checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], dict]]]
 
         return forward
 
+    def bn2d(x, gamma, beta):  # (N, C) input: BatchNorm1d's case
+        return F.batchnorm_forward(x, gamma, beta, rm, rv, training=True)
+
+    def conv_no_bias(x, w):
+        return F.conv2d_forward(x, w, None, stride=1, padding=1)
+
+    def conv_no_bias_backward(dout, cache):
+        return F.conv2d_backward(dout, cache)[:2]
+
     return [
         ("linear", lambda: check_op(F.linear_forward, F.linear_backward,
                                     rng.standard_normal((4, 5)), rng.standard_normal((3, 5)),
@@ -49,8 +58,11 @@ def _op_checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], dict]]]
             F.conv2d_forward, F.conv2d_backward, x4, w, b, stride=1, padding=1)),
         ("conv2d 3x2 stride 2 pad 0", lambda: check_op(
             F.conv2d_forward, F.conv2d_backward, x4, w, b, stride=2, padding=0)),
+        ("conv2d no bias", lambda: check_op(conv_no_bias, conv_no_bias_backward, x4, w)),
         ("batchnorm train", lambda: check_op(bn(True), F.batchnorm_backward, x4, gamma, beta)),
         ("batchnorm eval", lambda: check_op(bn(False), F.batchnorm_backward, x4, gamma, beta)),
+        ("batchnorm (N, C)", lambda: check_op(bn2d, F.batchnorm_backward,
+                                              rng.standard_normal((6, 3)), gamma, beta)),
         ("maxpool2d 3 stride 2 pad 1", lambda: check_op(
             F.maxpool2d_forward, F.maxpool2d_backward, x4, 3, 2, 1)),
         ("avgpool2d 2 stride 2", lambda: check_op(
@@ -76,6 +88,8 @@ def _block_checks(rng: np.random.Generator, quick: bool) -> list[tuple[str, Call
              (2, 2, 6, 6)),
             (f"BasicBlock C stride 1 ({mode})", lambda: blocks.BasicBlock(3, 3, 1, "C"),
              (2, 3, 5, 5)),
+            (f"PlainBlock stride 2 ({mode})", lambda: blocks.PlainBlock(2, 4, 2),
+             (2, 2, 6, 6)),
             (f"Bottleneck B stride 2 ({mode})", lambda: blocks.Bottleneck(4, 2, 2, "B"),
              (2, 4, 5, 5)),
             (f"PreActBlock stride 1 ({mode})", lambda: blocks.PreActBlock(3, 3, 1),
