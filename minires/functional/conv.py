@@ -41,6 +41,31 @@ output map is contiguous, which the next im2col and BatchNorm's per-channel
 sums like. On ResNet-20's shapes (batch 128, 2-core CPU) this made im2col
 about 2x and col2im 2 to 5x faster than filling ``cols`` row by row.
 
+The cache keeps ``x``, not ``cols``: ``cols`` is KH*KW times the size of
+``x`` (nine times for a 3x3 kernel), and keeping one per layer until the
+backward pass would dominate a network's memory. The backward pass builds
+``cols`` again.
+
+The NumPy/CuPy fast path (``backend.is_numpy_like``) computes the same
+products in two other ways, each measured on ResNet-20 at batch 128 on a
+2-core CPU and tested against the portable path:
+
+- *Chunks of images.* im2col and the matrix product run on a few images at
+  a time (about ``CHUNK_BYTES`` of ``cols`` each), refilling one buffer: the
+  chunk is still in the CPU cache when the product reads it, and no
+  full-size ``cols`` is allocated (fresh memory is slow to touch the first
+  time). Each chunk's product writes straight into its columns of ``out.T``.
+- *dx as a convolution.* For stride 1, ``dx`` is the convolution of ``dout``
+  (padded by KH-1-ph, KW-1-pw) with the kernel flipped in both spatial axes
+  and its input and output channels swapped::
+
+      dx[n, c, h, w] = sum over (co, i, j) of
+          dout_padded[n, co, h + i, w + j] * w[co, c, KH-1-i, KW-1-j]
+
+  which is ``conv2d_forward(dout, w_flipped, padding=K-1-p)`` itself: an
+  im2col and one product instead of a product and a col2im of nine strided
+  additions. Strided convolutions keep col2im.
+
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are four nested loops:
 slow, obvious, and the reference the fast version is tested against.
 """
@@ -54,6 +79,10 @@ from .. import backend
 from ..backend import Array
 
 IntPair = int | tuple[int, int]
+
+# Fast path: bytes of the im2col matrix per chunk of images (see the module
+# docstring). A few MB fit the CPU cache; much larger chunks were slower.
+CHUNK_BYTES = 2 * 2**20
 
 
 # ---- small helpers shared with pool.py ----------------------------------------
@@ -215,13 +244,52 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel_size: IntPair
         raise ValueError(f"col2im: expected cols of shape {(n * oh * ow, c * kh * kw)} "
                          f"for x_shape {tuple(x_shape)}, got {tuple(cols.shape)}")
     xp = backend.namespace(cols)
-    cols = xp.reshape(cols, (n, oh, ow, c, kh, kw))
-    cols = xp.permute_dims(cols, (0, 3, 4, 5, 1, 2))     # (N, C, KH, KW, OH, OW)
-    x_padded = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=cols.dtype)
+    # cols.T as (C, KH, KW, N, OH, OW): a view of im2col's storage, no copy
+    cols_t = xp.reshape(xp.permute_dims(cols, (1, 0)), (c, kh, kw, n, oh, ow))
+    # The image is built as (C, N, H, W) storage, so each addition below adds
+    # long runs, and returned as an (N, C, H, W) view, like conv2d_forward's out.
+    x_padded_t = xp.zeros((c, n, h + 2 * padding[0], w + 2 * padding[1]), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            x_padded[window(i, j, (oh, ow), stride)] += cols[:, :, i, j, :, :]
-    return unpad2d(x_padded, padding)
+            x_padded_t[window(i, j, (oh, ow), stride)] += cols_t[:, i, j, :, :, :]
+    return unpad2d(xp.permute_dims(x_padded_t, (1, 0, 2, 3)), padding)
+
+
+def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+                  chunk_bytes: int | None = None):
+    """``im2col(x, ...).T`` a few images at a time (NumPy/CuPy only).
+
+    Yields ``(columns, cols_t)`` for consecutive chunks of images: ``cols_t``
+    is the (C*KH*KW, n_chunk*OH*OW) block of ``cols.T`` whose columns are
+    ``cols.T[:, columns]``. The same buffers are refilled for every chunk, so
+    use each block before asking for the next. A chunk holds as many images
+    as fit in ``chunk_bytes`` (default ``CHUNK_BYTES``), at least one.
+    """
+    kh, kw = kernel = as_pair(kernel_size, "kernel_size", "im2col_chunks", 1)
+    (sh, sw) = stride = as_pair(stride, "stride", "im2col_chunks", 1)
+    (ph, pw) = padding = as_pair(padding, "padding", "im2col_chunks", 0)
+    check_image(x, "im2col_chunks")
+    oh, ow = check_window(x.shape, kernel, stride, padding, "im2col_chunks")
+    xp = backend.namespace(x)
+    as_strided = backend.native(xp).lib.stride_tricks.as_strided
+    n, c, h, w = x.shape
+    per_image = c * kh * kw * oh * ow                 # entries of cols.T per image
+    chunk = max(1, min(n, (chunk_bytes or CHUNK_BYTES) // (per_image * x.itemsize)))
+    # The padded chunk, stored (C, n_chunk, H, W) like the rows of cols.T; its
+    # border is zeroed once and never written again.
+    padded = xp.zeros((c, chunk, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    buffer = xp.empty(per_image * chunk, dtype=x.dtype)
+    for n0 in range(0, n, chunk):
+        m = min(chunk, n - n0)
+        x_padded = padded[:, :m]
+        x_padded[:, :, ph:ph + h, pw:pw + w] = xp.permute_dims(x[n0:n0 + m], (1, 0, 2, 3))
+        # the strided view (C, KH, KW, m, OH, OW) of the fields, as in im2col
+        s_c, s_n, s_h, s_w = x_padded.strides
+        fields = as_strided(x_padded, shape=(c, kh, kw, m, oh, ow),
+                            strides=(s_c, s_h, s_w, s_n, sh * s_h, sw * s_w))
+        cols_t = xp.reshape(buffer[:per_image * m], (c * kh * kw, m * oh * ow))
+        xp.reshape(cols_t, fields.shape)[...] = fields
+        yield slice(n0 * oh * ow, (n0 + m) * oh * ow), cols_t
 
 
 # ---- convolution by im2col ----------------------------------------------------
@@ -267,14 +335,23 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     xp = backend.namespace(x, w)
     n, c_out = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
-    cols = im2col(x, kernel, stride, padding)            # (N*OH*OW, C_in*KH*KW)
     w_mat = xp.reshape(w, (c_out, -1))                   # (C_out, C_in*KH*KW)
-    # out = cols @ w_mat.T, computed as its transpose (module docstring):
-    out_t = w_mat @ cols.T                               # (C_out, N*OH*OW)
+    if backend.is_numpy_like(xp):
+        # Fast path (module docstring): the same product, chunk by chunk of
+        # images, each written into its columns of out.T. About 1.5x faster
+        # on ResNet-20's 16-channel layers than one full-size cols.
+        matmul = backend.native(xp).matmul
+        out_t = xp.empty((c_out, n * oh * ow), dtype=x.dtype)
+        for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
+            matmul(w_mat, cols_t, out=out_t[:, columns])
+    else:
+        cols = im2col(x, kernel, stride, padding)        # (N*OH*OW, C_in*KH*KW)
+        # out = cols @ w_mat.T, computed as its transpose (module docstring):
+        out_t = w_mat @ cols.T                           # (C_out, N*OH*OW)
     if b is not None:
         out_t = out_t + xp.reshape(b, (c_out, 1))
     out = xp.permute_dims(xp.reshape(out_t, (c_out, n, oh, ow)), (1, 0, 2, 3))
-    cache = (tuple(x.shape), cols, w, b is not None, stride, padding)
+    cache = (x, w, b is not None, stride, padding)
     return out, cache
 
 
@@ -299,23 +376,71 @@ def conv2d_backward(dout: Array, cache: tuple,
     dw : (C_out, C_in, KH, KW), or None when ``need_param_grads`` is False
     db : (C_out,), or None without bias or when ``need_param_grads`` is False
     """
-    x_shape, cols, w, has_bias, stride, padding = cache
-    n, c_out = x_shape[0], w.shape[0]
-    oh, ow = conv2d_output_size(x_shape[2:], tuple(w.shape[2:]), stride, padding)
+    x, w, has_bias, stride, padding = cache
+    n, c_out = x.shape[0], w.shape[0]
+    kernel = tuple(w.shape[2:])
+    oh, ow = conv2d_output_size(x.shape[2:], kernel, stride, padding)
     check_dout(dout, (n, c_out, oh, ow), "conv2d_backward")
-    xp = backend.namespace(dout, cols)
+    xp = backend.namespace(dout, x)
+    fast = backend.is_numpy_like(xp)
     # dout_mat.T, one contiguous row per output channel (free when dout is
     # laid out like conv2d_forward's out)
     dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
     w_mat = xp.reshape(w, (c_out, -1))
-    dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
-    dx = col2im(dcols, x_shape, tuple(w.shape[2:]), stride, padding)
+    if fast and stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]:
+        # Fast path: dx as a convolution of dout with the flipped kernel
+        # (module docstring): 2 to 3x faster than the product and col2im.
+        dx = conv2d_input_grad_by_convolution(dout, w, padding)
+    else:
+        dcols = (w_mat.T @ dout_t).T      # = dout_mat @ w_mat, stored transposed like cols
+        dx = col2im(dcols, tuple(x.shape), kernel, stride, padding)
     if not need_param_grads:
         return dx, None, None
-    dw = xp.reshape(dout_t @ cols, w.shape)
+    if fast:
+        # Fast path: dw_mat = dout_mat.T @ cols, summed over chunks of images.
+        dw_mat = xp.zeros((c_out, w_mat.shape[1]), dtype=w.dtype)
+        for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
+            dw_mat += dout_t[:, columns] @ cols_t.T
+    else:
+        dw_mat = dout_t @ im2col(x, kernel, stride, padding)   # cols, built again
+    dw = xp.reshape(dw_mat, w.shape)
     # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
     db = xp.sum(dout_t, axis=1) if has_bias else None
     return dx, dw, db
+
+
+def conv2d_input_grad_by_convolution(dout: Array, w: Array, padding: IntPair = 0) -> Array:
+    """dx of a stride-1 convolution, as a convolution of ``dout``.
+
+    Each ``x[n, c, h, w]`` met the kernel entry ``w[co, c, i, j]`` in output
+    pixel ``(h + ph - i, w + pw - j)``, so with ``q = K - 1 - p``::
+
+        dx[n, c, h, w] = sum over (co, i', j') of
+            dout_padded_by_q[n, co, h + i', w + j'] * w[co, c, KH-1-i', KW-1-j']
+
+    a stride-1 convolution of ``dout`` with the kernel flipped in both spatial
+    axes and its channel axes swapped, (C_in, C_out, KH, KW).
+
+    Parameters
+    ----------
+    dout : (N, C_out, OH, OW), the gradient of a stride-1 convolution's output.
+    w : (C_out, C_in, KH, KW), that convolution's weight.
+    padding : its padding (h, w), each at most the kernel size minus 1.
+
+    Returns
+    -------
+    dx : (N, C_in, H, W) with ``H = OH + KH - 1 - 2*ph``, the layout of
+        ``conv2d_forward``'s output.
+    """
+    ph, pw = as_pair(padding, "padding", "conv2d_input_grad_by_convolution", 0)
+    kh, kw = w.shape[2], w.shape[3]
+    if ph >= kh or pw >= kw:
+        raise ValueError(f"conv2d_input_grad_by_convolution: expected padding below the kernel "
+                         f"size {(kh, kw)}, got {(ph, pw)}")
+    xp = backend.namespace(dout, w)
+    w_flipped = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))
+    dx, _ = conv2d_forward(dout, w_flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))
+    return dx
 
 
 # ---- the reference: four nested loops -----------------------------------------
