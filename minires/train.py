@@ -2,47 +2,113 @@
 
 ``Trainer.fit`` runs epochs of::
 
-    logits = model(x)                  # forward, every layer keeps its cache
+    logits = model(x)                      # forward, every layer keeps its cache
     loss = criterion(logits, y)
     model.backward(criterion.backward())   # backward, gradients into .grad
     optimizer.step(); model.zero_grad()
 
-with a tqdm progress bar (loss, accuracy, images per second), per-epoch train
-and test metrics kept in ``history`` and written to ``metrics.json`` and
-``metrics.csv``, learning curves in ``curves.png``, and a checkpoint after every
-epoch (``checkpoint.npz``, written atomically). A run stopped after epoch k and
-resumed with ``Trainer.resume`` ends with bit-identical weights to an
-uninterrupted one: the checkpoint holds the model, the optimizer's momentum
-buffers, the schedule, the epoch and the state of every random generator.
+with a tqdm progress bar (loss, accuracy, images per second). After every
+epoch it evaluates on the test set, appends a record to ``history`` and, when
+given an output folder, writes:
 
-If the loss stops being finite, training stops with ``TrainingDiverged`` and
-the last checkpoint (the last good epoch) is left untouched.
+- ``checkpoint.npz``: model, optimizer (momentum buffers), schedule, epoch,
+  random-generator states, config and history (``minires.checkpoint``:
+  atomic, verified, no pickle);
+- ``metrics.json`` and ``metrics.csv``: the history, one record per epoch;
+- ``curves.png``: learning curves (redrawn at most every ``curves_every_s``
+  seconds while training, and always when ``fit`` returns or stops).
+
+A run stopped after epoch k and resumed with ``Trainer.resume`` ends with
+bit-identical weights to an uninterrupted one: everything random follows
+from the saved states (the ``DataLoader``'s shuffling and augmentation from
+``(seed, epoch, batch)``, the initializer's generator from its saved state).
+
+If the loss, the test loss or any weight stops being finite, training stops
+with ``TrainingDiverged`` before anything of that epoch is written, so the
+checkpoint on disk is still the last good epoch.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
 from .checkpoint import load_checkpoint, save_checkpoint
-from .nn import CrossEntropyLoss, Module
+from .nn import CrossEntropyLoss, Module, init
 from .plot import plot_history
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss (or a weight) became NaN or infinite; training stopped.
+
+    Attributes
+    ----------
+    epoch : int, the epoch (1-based) in which it happened.
+    checkpoint : Path or None, the last good checkpoint (None when none was
+        written: no output folder, or the first epoch diverged).
+    """
+
+    def __init__(self, message: str, epoch: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.checkpoint = checkpoint
 
 
 def _stateful(obj: Any) -> bool:
     return obj is not None and hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+
+
+def count_correct(logits: Any, y: Any) -> int:
+    """Number of rows of ``logits`` (N, K) whose largest entry is at ``y`` (N,)."""
+    xp = backend.namespace(logits)
+    return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64)))
+
+
+def evaluate(model: Module, loader: Iterable, criterion: Module | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` over ``loader``, in eval mode.
+
+    Parameters
+    ----------
+    model : Module mapping x (N, C, H, W) to logits (N, K).
+    loader : iterable of ``(x, y)`` batches, y (N,) int.
+    criterion : the loss, default ``CrossEntropyLoss()``.
+
+    Returns
+    -------
+    dict with ``loss`` (mean over images), ``acc`` (fraction correct) and
+    ``images``. BatchNorm uses its running statistics, so the result does not
+    depend on how the images are batched. The model's mode is restored and
+    the caches of the forward passes are dropped.
+    """
+    criterion = criterion or CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            logits = model(x)
+            n = int(x.shape[0])
+            total_loss += float(criterion(logits, y)) * n
+            correct += count_correct(logits, y)
+            seen += n
+    finally:
+        model.train(was_training)
+        for m in model.modules():  # free the activations kept for a backward
+            m._cache = None
+        criterion._cache = None
+    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen}
 
 
 class Trainer:
@@ -58,109 +124,176 @@ class Trainer:
     scheduler : optional learning-rate schedule, stepped once per epoch.
     criterion : the loss, default ``CrossEntropyLoss()``.
     out_dir : where checkpoints, metrics and curves go (None: nowhere).
-    config : a JSON-serializable dict saved in every checkpoint.
+    config : a JSON-like dict saved in every checkpoint.
     progress : show tqdm progress bars.
     log : print one line of metrics per epoch.
+    curves_every_s : redraw ``curves.png`` after an epoch when at least this
+        many seconds have passed since the last drawing (a drawing costs about
+        0.3 s); it is always drawn when ``fit`` ends.
+
+    Attributes
+    ----------
+    epoch : int, epochs completed.
+    history : list of per-epoch dicts: ``epoch``, ``lr``, ``train_loss``,
+        ``train_acc``, ``images_per_s``, ``epoch_time_s``, ``test_loss``,
+        ``test_acc`` (with a test loader) and ``wall_s`` (training and
+        evaluation time since the start of the run, summed over resumes).
     """
 
     def __init__(self, model: Module, optimizer: Any, train_loader: Iterable,
                  test_loader: Iterable | None = None, scheduler: Any = None,
                  criterion: Module | None = None, out_dir: str | Path | None = None,
                  config: dict | None = None, progress: bool = True,
-                 log: bool = True) -> None:
+                 log: bool = True, curves_every_s: float = 60.0) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader, self.test_loader = train_loader, test_loader
         self.criterion = criterion or CrossEntropyLoss()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.config = dict(config or {})
         self.progress, self.log = progress, log
-        self.epoch = 0  # epochs completed
+        self.curves_every_s = curves_every_s
+        self.epoch = 0
         self.history: list[dict[str, float]] = []
+        self._last_curves = -math.inf
 
     # ---- one pass over the data ------------------------------------------
     def train_epoch(self) -> dict[str, float]:
-        """One epoch of training; returns mean loss, accuracy and images/s."""
+        """One epoch of training.
+
+        Returns
+        -------
+        dict with ``train_loss`` and ``train_acc`` (means over the epoch's
+        images, measured on the fly in training mode), ``images_per_s`` and
+        ``epoch_time_s``.
+
+        Raises
+        ------
+        TrainingDiverged as soon as a batch's loss is NaN or infinite (before
+        its backward pass and update).
+        """
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", leave=False,
+        # The bar is told the length rather than handed the loader: tqdm.auto's
+        # class calls iter() on an iterable it wraps, which would start (and
+        # throw away) one extra epoch of a DataLoader, shifting its shuffling.
+        total = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
+        bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}", leave=False,
                    disable=not self.progress, unit="batch")
-        for batch, (x, y) in enumerate(bar):
-            logits = self.model(x)
-            loss = float(self.criterion(logits, y))
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; "
-                    f"stopping. The last good checkpoint (epoch {self.epoch}) is "
-                    f"{self.checkpoint_path or 'not saved (no out_dir)'}. "
-                    "Try a lower learning rate."
-                )
-            self.model.backward(self.criterion.backward())
-            self.optimizer.step()
-            self.model.zero_grad()
-            n = int(x.shape[0])
-            total_loss += loss * n
-            correct += _count_correct(logits, y)
-            seen += n
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{rate:.0f}")
+        try:
+            for batch, (x, y) in enumerate(self.train_loader):
+                logits = self.model(x)
+                loss = float(self.criterion(logits, y))
+                if not math.isfinite(loss):
+                    self._diverged(f"the training loss became {loss} at epoch "
+                                   f"{self.epoch + 1}, batch {batch + 1}")
+                self.model.backward(self.criterion.backward())
+                self.optimizer.step()
+                self.model.zero_grad()
+                n = int(x.shape[0])
+                total_loss += loss * n
+                correct += count_correct(logits, y)
+                seen += n
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{rate:.0f}", refresh=False)
+        finally:
+            bar.close()
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
 
     def evaluate(self, loader: Iterable | None = None) -> dict[str, float]:
-        """Loss and accuracy in eval mode (BatchNorm uses running statistics)."""
+        """Loss and accuracy on ``loader`` (default: the test loader) in eval
+        mode; see :func:`evaluate`."""
         loader = loader if loader is not None else self.test_loader
         if loader is None:
             raise ValueError("Trainer.evaluate: no loader given and no test_loader set")
-        was_training = self.model.training
-        self.model.eval()
-        total_loss, correct, seen = 0.0, 0, 0
-        for x, y in loader:
-            logits = self.model(x)
-            n = int(x.shape[0])
-            total_loss += float(self.criterion(logits, y)) * n
-            correct += _count_correct(logits, y)
-            seen += n
-        self.model.train(was_training)
-        self.model._cache = None
-        return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
+        return evaluate(self.model, loader, self.criterion)
 
     # ---- the loop -----------------------------------------------------------
     def fit(self, epochs: int) -> list[dict[str, float]]:
         """Train until ``epochs`` epochs are completed in total (a resumed run
-        continues from ``self.epoch``). Returns the history."""
-        outer = tqdm(total=epochs, initial=self.epoch, desc="training", unit="epoch",
-                     disable=not self.progress)
-        while self.epoch < epochs:
-            record: dict[str, float] = {"epoch": self.epoch + 1,
-                                        "lr": float(self.optimizer.param_groups[0]["lr"])}
-            record.update(self.train_epoch())
-            if self.test_loader is not None:
-                test = self.evaluate()
-                record.update(test_loss=test["loss"], test_acc=test["acc"])
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.epoch += 1
-            self.history.append(record)
-            self._write_outputs()
-            outer.update(1)
-            outer.set_postfix({k: f"{v:.4f}" for k, v in record.items()
-                               if k in ("train_loss", "test_acc")})
-            if self.log:
-                tqdm.write(_format_record(record))
-        outer.close()
+        continues from ``self.epoch``). Returns the history.
+
+        Raises
+        ------
+        TrainingDiverged when the loss, the test loss or a weight becomes NaN
+        or infinite; the checkpoint of the last good epoch is left untouched.
+        """
+        outer = tqdm(total=epochs, initial=min(self.epoch, epochs), desc="training",
+                     unit="epoch", disable=not self.progress)
+        first = self.epoch
+        # NumPy's overflow warnings would only precede the clear message below.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._fit(epochs, outer, first)
         return self.history
+
+    def _fit(self, epochs: int, outer: Any, first: int) -> None:
+        try:
+            while self.epoch < epochs:
+                start = time.perf_counter()
+                record: dict[str, float] = {"epoch": self.epoch + 1,
+                                            "lr": float(self.optimizer.param_groups[0]["lr"])}
+                record.update(self.train_epoch())
+                if self.test_loader is not None:
+                    test = self.evaluate()
+                    record.update(test_loss=test["loss"], test_acc=test["acc"])
+                self._check_finite(record)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.epoch += 1
+                previous = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
+                record["wall_s"] = previous + time.perf_counter() - start
+                self.history.append(record)
+                self._write_outputs()
+                outer.update(1)
+                outer.set_postfix({k: f"{v:.4f}" for k, v in record.items()
+                                   if k in ("train_loss", "test_acc")})
+                if self.log:
+                    tqdm.write(format_record(record))
+        finally:
+            outer.close()
+            if self.epoch > first:
+                self.write_curves()
+
+    def _check_finite(self, record: dict[str, float]) -> None:
+        """Stop before saving an epoch whose test loss or weights are not finite."""
+        for key in ("train_loss", "test_loss"):
+            if key in record and not math.isfinite(record[key]):
+                self._diverged(f"the {key.replace('_', ' ')} became {record[key]} after "
+                               f"epoch {self.epoch + 1}")
+        bad = nonfinite_arrays(self.model)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            self._diverged(f"NaN or infinite values in {shown} after epoch {self.epoch + 1}")
+
+    def _diverged(self, what: str) -> None:
+        ckpt = self.checkpoint_path
+        if ckpt is None:
+            where = "no checkpoint is kept (no output folder)"
+        elif self.epoch == 0 or not ckpt.exists():
+            where = "no checkpoint was written yet (it diverged in the first epoch)"
+            ckpt = None
+        else:
+            where = f"the last good checkpoint, after epoch {self.epoch}, is {ckpt}"
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(
+            f"training diverged: {what}. Stopped; {where}. "
+            f"Try a lower learning rate (it was {lr:g}) or a warm-up.",
+            epoch=self.epoch + 1, checkpoint=ckpt)
 
     # ---- checkpoints ----------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path | None:
+        """``out_dir / "checkpoint.npz"``, or None without an output folder."""
         return self.out_dir / "checkpoint.npz" if self.out_dir is not None else None
 
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint needs to continue exactly."""
-        rng = {}
+        """Everything a checkpoint needs to continue exactly: the keyword
+        arguments of ``minires.checkpoint.save_checkpoint``."""
+        rng: dict[str, Any] = {"init": init.get_rng().bit_generator.state}
         for name, obj in (("train_loader", self.train_loader), ("test_loader", self.test_loader)):
             if _stateful(obj):
                 rng[name] = obj.state_dict()
@@ -175,43 +308,91 @@ class Trainer:
         )
 
     def save(self, path: str | Path) -> Path:
+        """Write a checkpoint of the current state (atomically) to ``path``."""
         save_checkpoint(path, **self.state())
         return Path(path)
 
-    def resume(self, path: str | Path) -> None:
-        """Restore model, optimizer, schedule, epoch, history and generators."""
+    def resume(self, path: str | Path) -> dict[str, Any]:
+        """Restore model, optimizer, schedule, epoch, history and random
+        generators (the loaders' positions and the initializer's generator)
+        from a checkpoint written by ``save``. Returns the loaded checkpoint.
+
+        The trainer must have been built like the one that wrote it (same
+        model, optimizer parameter groups, schedule type, loaders).
+        """
         ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        rng = ckpt.get("rng_state") or {}
         for name, obj in (("train_loader", self.train_loader), ("test_loader", self.test_loader)):
-            saved = (ckpt.get("rng_state") or {}).get(name)
-            if saved is not None and _stateful(obj):
-                obj.load_state_dict(saved)
+            if rng.get(name) is not None and _stateful(obj):
+                obj.load_state_dict(rng[name])
+        if rng.get("init") is not None:
+            init.get_rng().bit_generator.state = rng["init"]
         self.epoch = int(ckpt["epoch"])
         self.history = list((ckpt.get("extra") or {}).get("history", []))
+        return ckpt
 
+    # ---- files ------------------------------------------------------------------
     def _write_outputs(self) -> None:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.save(self.checkpoint_path)
-        (self.out_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
-        with open(self.out_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
-            writer.writeheader()
-            writer.writerows(self.history)
-        plot_history(self.history, self.out_dir / "curves.png",
-                     title=str(self.config.get("model", "")))
+        write_metrics(self.history, self.out_dir)
+        if time.perf_counter() - self._last_curves >= self.curves_every_s:
+            self.write_curves()
+
+    def write_curves(self) -> Path | None:
+        """Draw the history to ``out_dir/curves.png`` (None without out_dir)."""
+        if self.out_dir is None or not self.history:
+            return None
+        self._last_curves = time.perf_counter()
+        return plot_history(self.history, self.out_dir / "curves.png",
+                            title=str(self.config.get("model", "")))
 
 
-def _count_correct(logits: Any, y: Any) -> int:
-    xp = backend.namespace(logits)
-    return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64)))
+def write_metrics(history: list[dict[str, float]], folder: str | Path) -> None:
+    """Write ``history`` to ``folder/metrics.json`` (a list of per-epoch dicts)
+    and ``folder/metrics.csv`` (one row per epoch), each atomically."""
+    folder = Path(folder)
+    fields: list[str] = []
+    for record in history:
+        fields += [k for k in record if k not in fields]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    _write_text(folder / "metrics.csv", text.getvalue())
+    _write_text(folder / "metrics.json", json.dumps(history, indent=1) + "\n")
 
 
-def _format_record(r: dict[str, float]) -> str:
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def nonfinite_arrays(model: Module) -> list[str]:
+    """Names of the floating parameters and buffers of ``model`` holding a
+    NaN or an infinity (an empty list when all are finite)."""
+    bad = []
+    for name, value in model.state_dict().items():
+        xp = backend.namespace(value)
+        if xp.isdtype(value.dtype, "real floating") and not bool(xp.all(xp.isfinite(value))):
+            bad.append(name)
+    return bad
+
+
+def format_record(r: dict[str, float]) -> str:
+    """One line of an epoch's metrics, as the trainer prints it."""
     parts = [f"epoch {int(r['epoch'])}", f"lr {r['lr']:.4g}",
              f"train loss {r['train_loss']:.4f}", f"train acc {r['train_acc']:.4f}"]
     if "test_acc" in r:
