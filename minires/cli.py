@@ -1,77 +1,164 @@
 """The ``minires`` command: train, evaluate, finetune, gradcheck, models.
 
-Run ``minires <command> --help`` for every option and examples.
+Run ``minires <command> --help`` for every option and examples. Each command
+is a function ``cmd_<name>(args) -> exit code``; ``main(argv)`` parses the
+arguments and runs one (also in-process, from tests and notebooks).
+
+Exit codes: 0 success, 1 an error (unknown model or dataset, unreadable
+checkpoint, ...; one line on stderr), 2 training diverged or the command line
+is malformed (argparse), 130 interrupted with Ctrl-C (the checkpoint of the
+last finished epoch is kept: continue with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from . import backend
+# NumPy is imported lazily, inside the commands: `main` first sets how many
+# threads BLAS may use, which OpenBLAS reads from the environment when NumPy
+# is first imported (see `limit_threads`).
 
 # `minires train` with no arguments: a CIFAR-style ResNet on the bundled digits.
-# Chosen to reach >= 98% test accuracy in about a minute on two CPU cores
-# (benchmarks/train_digits.py measures it).
+# Chosen to reach >= 98% test accuracy in well under 90 s on two CPU cores
+# (benchmarks/train_digits.py measures it; results in benchmarks/results/).
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "model": "resnet20", "dataset": "digits", "epochs": 15, "batch_size": 64, "lr": 0.1,
-    "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "warmup": 0,
+    "model": "resnet", "depth": 20, "dataset": "digits", "epochs": 15, "batch_size": 64,
+    "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "warmup": 0,
     "label_smoothing": 0.0, "seed": 0,
 }
+# `minires finetune`: the new head learns at lr, the pretrained layers at backbone_lr.
+FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 0.05, "backbone_lr": 0.005}
+EVAL_BATCH_SIZE = 256  # test batches (eval mode: the result does not depend on it)
+MODEL_FAMILIES = ("resnet", "plain", "preact_resnet")
 
-EPILOG_TRAIN = """examples:
-  minires train                                  # ResNet-20 on the bundled digits
-  minires train --model plain20 --out runs/plain20
-  minires train --dataset cifar10 --epochs 164 --batch-size 128 --schedule multistep \\
-                --milestones 82,123 --weight-decay 1e-4     # the paper's recipe
-  minires train --dataset path/to/images --image-size 32 --model resnet8
-  minires train --resume runs/resnet20-digits/checkpoint.npz --epochs 30
-"""
-
-EPILOG_FINETUNE = """examples:
-  minires train --classes 0,1,2,3,4 --out runs/pretrain
-  minires finetune --from runs/pretrain/checkpoint.npz --classes 5,6,7,8,9 \\
-                   --per-class 10 --out runs/finetune
-  minires finetune --from resnet18.pt --dataset my_photos/ --image-size 64 --freeze-backbone
-"""
+# Settings that define a run; a resumed run takes them from its checkpoint.
+RUN_SETTINGS = ("model", "dataset", "classes", "per_class", "image_size", "seed", "batch_size",
+                "lr", "momentum", "weight_decay", "schedule", "milestones", "warmup",
+                "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone", "freeze",
+                "source")
 
 
-# ---- data ------------------------------------------------------------------------
+class CommandError(Exception):
+    """A problem with what the user asked for; printed as one line, exit code 1."""
 
-def _parse_ints(text: str | None) -> list[int] | None:
+
+# ---- models --------------------------------------------------------------------------
+
+def resolve_model_name(model: str | None, depth: int | None) -> str:
+    """The model name ``get_model`` understands, from ``--model`` and ``--depth``.
+
+    A family (``resnet``, ``plain``, ``preact_resnet``) takes its depth from
+    ``depth`` (default ``TRAIN_DEFAULTS["depth"]``): ``("resnet", 32)`` ->
+    ``"resnet32"``. A full name (``resnet20``, ``wrn16_4``, ``resnet18``) is
+    kept; a ``depth`` that contradicts it is an error.
+    """
+    model = model or TRAIN_DEFAULTS["model"]
+    key = model.lower().replace("-", "")
+    family = key.replace("preactresnet", "preact_resnet").rstrip("_")
+    if family in MODEL_FAMILIES:
+        return f"{family}{depth if depth is not None else TRAIN_DEFAULTS['depth']}"
+    if depth is not None:
+        m = re.fullmatch(r"(resnet|plain|preact_?resnet)_?(\d+)", key)
+        if m is None:
+            raise CommandError(f"--depth {depth} goes with a model family "
+                               f"({', '.join(MODEL_FAMILIES)}), not with {model!r}; give the "
+                               "full name alone instead")
+        if int(m[2]) != depth:
+            raise CommandError(f"--model {model} already has depth {m[2]}, which contradicts "
+                               f"--depth {depth}; use --model {m[1]} --depth {depth}")
+    return model
+
+
+def build_model(config: dict[str, Any]) -> Any:
+    """``get_model(config["model"])`` for ``config["in_channels"]`` input
+    channels and ``config["num_classes"]`` classes."""
+    from .models import get_model
+
+    return get_model(config["model"], in_channels=config["in_channels"],
+                     num_classes=config["num_classes"])
+
+
+# ---- data ----------------------------------------------------------------------------
+
+def _parse_ints(text: Any, what: str = "list") -> list[int] | None:
     if text is None or text == "":
         return None
-    return [int(t) for t in str(text).split(",") if t.strip()]
+    if isinstance(text, (list, tuple)):
+        return [int(t) for t in text]
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise CommandError(f"--{what}: expected comma-separated integers, got {text!r}") from None
 
 
-def _select(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None,
-            per_class: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the listed classes (relabelled 0..k-1 in the order given), and at
-    most ``per_class`` randomly chosen (seeded) images of each."""
+def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None,
+                   per_class: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the listed classes, relabelled 0..k-1 in the order given, and at most
+    ``per_class`` images of each (chosen with ``default_rng([seed, 1])``).
+
+    Parameters
+    ----------
+    images : (N, C, H, W); labels : (N,) int.
+
+    Returns
+    -------
+    images (M, C, H, W) and labels (M,), in their original order.
+    """
+    import numpy as np
+
     if classes is not None:
+        present = set(np.unique(labels).tolist())
+        unknown = [c for c in classes if c not in present]
+        if unknown or len(set(classes)) != len(classes):
+            raise CommandError(f"--classes {','.join(map(str, classes))}: expected distinct "
+                               f"class indices among {sorted(present)}")
         keep = np.isin(labels, classes)
         images, labels = images[keep], labels[keep]
-        lookup = {c: i for i, c in enumerate(classes)}
-        labels = np.array([lookup[int(c)] for c in labels], dtype=np.int64)
+        lookup = np.zeros(max(classes) + 1, dtype=np.int64)
+        lookup[classes] = np.arange(len(classes))
+        labels = lookup[labels]
     if per_class is not None:
+        if per_class < 1:
+            raise CommandError(f"--per-class must be positive, got {per_class}")
         rng = np.random.default_rng([seed, 1])
-        idx = np.concatenate([np.sort(rng.permutation(np.flatnonzero(labels == c))[:per_class])
+        idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
                               for c in np.unique(labels)])
-        images, labels = images[np.sort(idx)], labels[np.sort(idx)]
+        idx = np.sort(idx)
+        images, labels = images[idx], labels[idx]
     return images, labels
 
 
 def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int] | None = None,
                  per_class: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Train and test arrays (host NumPy), class names, and the augmentation
-    that suits the data (digits are not mirror-symmetric: no flips)."""
+    """Train and test arrays, class names, and the augmentation that suits the data.
+
+    Parameters
+    ----------
+    name : ``"digits"`` (bundled 8x8 digits), ``"cifar10"`` (the archive in
+        ``data/`` or ``$MINIRES_DATA``) or a folder ``root/<class>/*.png``
+        (split 80/20 per class, always with the same seed).
+    image_size : images of a folder are resized to this (default 32).
+    classes : keep these classes only, relabelled 0..k-1.
+    per_class : at most this many training images per class (seeded by ``seed``).
+
+    Returns
+    -------
+    dict with ``"train"`` and ``"test"``: (images (N, C, H, W) float32,
+    labels (N,) int64) on the host; ``"classes"``: names; ``"crop_pad"`` and
+    ``"flip"``: the augmentation (digits are not mirror-symmetric: no flips).
+    """
     from . import data
 
     if name == "digits":
@@ -84,23 +171,29 @@ def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int
         crop_pad, flip = 4, True
     elif Path(name).is_dir():
         images, labels, names = data.load_image_folder(name, size=image_size or 32)
-        train_idx, test_idx = data.stratified_split(labels, test_fraction=0.2, seed=seed)
+        train_idx, test_idx = data.stratified_split(labels, test_fraction=0.2, seed=0)
         xtr, ytr, xte, yte = images[train_idx], labels[train_idx], images[test_idx], labels[
             test_idx]
         crop_pad, flip = max(1, xtr.shape[-1] // 8), True
     else:
-        raise SystemExit(f"minires: unknown dataset {name!r}; expected 'digits', 'cifar10' "
-                         "or a folder of class sub-folders")
+        hint = " (no such folder)" if ("/" in name or "\\" in name or "." in name) else ""
+        raise CommandError(f"unknown dataset {name!r}{hint}; expected 'digits', 'cifar10' "
+                           "or a folder with one sub-folder of images per class")
     if classes is not None:
+        if max(classes) >= len(names) or min(classes) < 0:
+            raise CommandError(f"--classes {','.join(map(str, classes))}: {name} has classes "
+                               f"0..{len(names) - 1}")
         names = [names[c] for c in classes]
-    xtr, ytr = _select(xtr, ytr, classes, per_class, seed)
-    xte, yte = _select(xte, yte, classes, None, seed)
+    xtr, ytr = select_classes(xtr, ytr, classes, per_class, seed)
+    xte, yte = select_classes(xte, yte, classes, None, seed)
     return {"train": (xtr, ytr), "test": (xte, yte), "classes": names,
             "crop_pad": crop_pad, "flip": flip}
 
 
 def make_loaders(ds: dict[str, Any], batch_size: int, seed: int, augment: bool,
-                 mean: Sequence[float], std: Sequence[float]):
+                 mean: Sequence[float], std: Sequence[float]) -> tuple[Any, Any]:
+    """The training loader (shuffled, seeded, random crops and flips as
+    ``ds`` says, normalized) and the test loader (normalized only)."""
     from .data import Compose, DataLoader, Normalize, RandomCrop, RandomHorizontalFlip
 
     (xtr, ytr), (xte, yte) = ds["train"], ds["test"]
@@ -112,192 +205,297 @@ def make_loaders(ds: dict[str, Any], batch_size: int, seed: int, augment: bool,
             steps.append(RandomHorizontalFlip())
     train = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed,
                        transform=Compose([*steps, norm]))
-    test = DataLoader(xte, yte, max(batch_size, 256), transform=norm)
+    test = DataLoader(xte, yte, EVAL_BATCH_SIZE, transform=norm)
     return train, test
 
 
-# ---- optimization ------------------------------------------------------------------
+# ---- optimization --------------------------------------------------------------------
 
-def make_optimizer(params: Any, args: argparse.Namespace, steps_per_epoch: int):
-    """SGD with momentum (the paper's) and the chosen per-epoch schedule."""
+def make_optimizer(params: Any, settings: dict[str, Any], epochs: int) -> tuple[Any, Any]:
+    """SGD with Nesterov momentum (plain SGD when momentum is 0) and the
+    per-epoch schedule of ``settings`` over ``epochs`` epochs.
+
+    ``settings`` holds ``lr``, ``momentum``, ``weight_decay``, ``schedule``
+    (cosine, multistep or constant), ``milestones`` (multistep; default 50%
+    and 75% of the epochs) and ``warmup`` (epochs of linear warm-up from lr/10).
+    """
     from . import optim
 
-    opt = optim.SGD(params, lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, nesterov=args.momentum > 0)
-    if args.schedule == "cosine":
-        main = optim.CosineAnnealingLR(opt, T_max=max(1, args.epochs - args.warmup))
-    elif args.schedule == "multistep":
-        milestones = _parse_ints(args.milestones) or [args.epochs // 2, args.epochs * 3 // 4]
-        main = optim.MultiStepLR(opt, [max(0, m - args.warmup) for m in milestones], gamma=0.1)
-    else:
+    opt = optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
+                    weight_decay=settings["weight_decay"], nesterov=settings["momentum"] > 0)
+    warmup = settings["warmup"]
+    if settings["schedule"] == "cosine":
+        main = optim.CosineAnnealingLR(opt, T_max=max(1, epochs - warmup))
+    elif settings["schedule"] == "multistep":
+        milestones = _parse_ints(settings["milestones"], "milestones") or [epochs // 2,
+                                                                          epochs * 3 // 4]
+        main = optim.MultiStepLR(opt, [max(0, m - warmup) for m in milestones], gamma=0.1)
+    elif settings["schedule"] == "constant":
         main = optim.ConstantLR(opt, factor=1.0, total_iters=0)
-    if args.warmup > 0:
-        warm = optim.LinearLR(opt, start_factor=0.1, total_iters=args.warmup)
-        return opt, optim.SequentialLR(opt, [warm, main], milestones=[args.warmup])
+    else:
+        raise CommandError(f"unknown schedule {settings['schedule']!r}; expected cosine, "
+                           "multistep or constant")
+    if warmup > 0:
+        warm = optim.LinearLR(opt, start_factor=0.1, total_iters=warmup)
+        return opt, optim.SequentialLR(opt, [warm, main], milestones=[warmup])
     return opt, main
 
 
-# ---- commands ----------------------------------------------------------------------
+# ---- train and finetune ----------------------------------------------------------------
 
-def _build_model(config: dict[str, Any]):
-    from .models import get_model
-
-    return get_model(config["model"], in_channels=config["in_channels"],
-                     num_classes=config["num_classes"])
-
-
-def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
-         config: dict[str, Any], resume: str | None) -> int:
-    from .train import Trainer, TrainingDiverged
-
-    train, test = make_loaders(ds, args.batch_size, args.seed, not args.no_augment,
-                               config["mean"], config["std"])
-    opt, sched = make_optimizer(params, args, len(train))
-    out = Path(args.out)
-    trainer = Trainer(model, opt, train, test, scheduler=sched, out_dir=out, config=config,
-                      progress=not args.quiet and sys.stderr.isatty(), log=not args.quiet)
-    if resume:
-        trainer.resume(resume)
-        print(f"resumed from {resume} after epoch {trainer.epoch}")
-    n_params = model.num_parameters()
-    print(f"{config['model']} ({n_params:,} parameters) on {config['dataset']}: "
-          f"{len(ds['train'][1])} train / {len(ds['test'][1])} test images, "
-          f"{len(ds['classes'])} classes, backend {backend.name()}; writing to {out}/")
-    start = time.perf_counter()
-    try:
-        trainer.fit(args.epochs)
-    except TrainingDiverged as err:
-        print(f"minires: {err}", file=sys.stderr)
-        return 2
-    final = trainer.history[-1] if trainer.history else {}
-    if "test_acc" in final:
-        print(f"done in {time.perf_counter() - start:.1f} s: test accuracy "
-              f"{100 * final['test_acc']:.2f}% (error {100 * (1 - final['test_acc']):.2f}%); "
-              f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.csv'}, "
-              f"curves {out / 'curves.png'}")
-    return 0
-
-
-def _data_config(args: argparse.Namespace, ds: dict[str, Any]) -> dict[str, Any]:
+def _data_config(ds: dict[str, Any]) -> dict[str, Any]:
     from .data import channel_stats
 
     mean, std = channel_stats(ds["train"][0])
-    return {"dataset": args.dataset, "classes": _parse_ints(args.classes),
-            "image_size": args.image_size, "in_channels": int(ds["train"][0].shape[1]),
-            "num_classes": len(ds["classes"]), "class_names": ds["classes"],
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    return {"in_channels": int(ds["train"][0].shape[1]), "num_classes": len(ds["classes"]),
+            "class_names": ds["classes"], "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std]}
+
+
+def _settings(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The run's settings from the command line (defaults filled in)."""
+    keys = [k for k in RUN_SETTINGS if hasattr(args, k)]
+    settings = {k: getattr(args, k) for k in keys}
+    settings["command"] = command
+    settings["classes"] = _parse_ints(args.classes, "classes")
+    settings["epochs"] = args.epochs if args.epochs is not None else TRAIN_DEFAULTS["epochs"]
+    return settings
+
+
+def _resumed_settings(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], tuple]:
+    """Settings of the run saved in ``args.resume`` (``--epochs`` may change its
+    length), with a note on the options given now that it overrides.
+
+    Returns the settings and ``(checkpoint path, epochs done, epochs planned)``.
+    """
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.resume)
+    saved = dict(ckpt["config"] or {})
+    if "model" not in saved or "dataset" not in saved:
+        raise CommandError(f"--resume {args.resume}: the checkpoint holds no run settings "
+                           "(not written by minires train or finetune)")
+    if saved.get("command", "train") != command:
+        raise CommandError(f"--resume {args.resume}: this run was started by `minires "
+                           f"{saved.get('command')}`; resume it with that command")
+    ignored = []
+    for key in RUN_SETTINGS:
+        if key in saved and key != "model" and hasattr(args, key):
+            given = getattr(args, key)
+            if key == "classes":
+                given = _parse_ints(given, "classes")
+            if given != args.parser.get_default(key) and given != saved[key]:
+                ignored.append(f"--{key.replace('_', '-')} {given}")
+    if args.model is not None or getattr(args, "depth", None) is not None:
+        ignored.append("--model/--depth")
+    if ignored:
+        print(f"note: resuming keeps the run's own settings; ignoring {', '.join(ignored)}",
+              file=sys.stderr)
+    settings = {**saved, "command": command}
+    if args.epochs is not None:
+        settings["epochs"] = args.epochs
+    return settings, (args.resume, int(ckpt["epoch"]), int(saved.get("epochs", 0)))
+
+
+def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
+         config: dict[str, Any], resume: tuple[str, int, int] | None) -> int:
+    """Train ``model`` as ``config`` says; ``resume`` is (checkpoint, epochs done,
+    epochs planned when it was written) or None."""
+    import numpy as np
+
+    from . import backend
+    from .nn import CrossEntropyLoss
+    from .train import Trainer, TrainingDiverged
+
+    epochs = config["epochs"]
+    train, test = make_loaders(ds, config["batch_size"], config["seed"],
+                               not config["no_augment"], config["mean"], config["std"])
+    opt, sched = make_optimizer(params, config, epochs)
+    out = Path(args.out)
+    trainer = Trainer(model, opt, train, test, scheduler=sched,
+                      criterion=CrossEntropyLoss(config["label_smoothing"]), out_dir=out,
+                      config=config, progress=not args.quiet and sys.stderr.isatty(),
+                      log=not args.quiet)
+    if resume is not None:
+        path, done, planned = resume
+        if planned == epochs:
+            trainer.resume(path)
+        else:  # a new length: the schedule continues as if planned for `epochs` from the start
+            for _ in range(done):
+                sched.step()
+            lrs = [group["lr"] for group in opt.param_groups]
+            saved_sched = trainer.scheduler
+            trainer.scheduler = None
+            trainer.resume(path)
+            trainer.scheduler = saved_sched
+            for group, lr in zip(opt.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            print(f"note: {planned} epochs were planned, now {epochs}: the {config['schedule']} "
+                  "schedule continues as planned for the new length", file=sys.stderr)
+        print(f"resumed from {path} after epoch {trainer.epoch}")
+    trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if p.requires_grad)
+    count = f"{model.num_parameters():,} parameters" + (
+        f", {trainable:,} trainable" if trainable < model.num_parameters() else "")
+    print(f"{config['model']} ({count}) on {config['dataset']}: "
+          f"{len(ds['train'][1])} train / {len(ds['test'][1])} test images, "
+          f"{len(ds['classes'])} classes, backend {backend.name()}; writing to {out}/")
+    stop = min(epochs, args.stop_after) if args.stop_after is not None else epochs
+    if trainer.epoch >= stop:
+        print(f"nothing to do: the checkpoint is at epoch {trainer.epoch} of {epochs}")
+        return 0
+    start = time.perf_counter()
+    try:
+        trainer.fit(stop)
+    except TrainingDiverged as err:
+        print(f"minires {config['command']}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        ckpt = out / "checkpoint.npz"
+        print(f"\ninterrupted after epoch {trainer.epoch}; continue with: minires "
+              f"{config['command']} --resume {ckpt}", file=sys.stderr)
+        return 130
+    final = trainer.history[-1]
+    print(f"done in {time.perf_counter() - start:.1f} s: epoch {trainer.epoch} of {epochs}, "
+          f"test accuracy {100 * final['test_acc']:.2f}% (error "
+          f"{100 * (1 - final['test_acc']):.2f}%); wrote checkpoint.npz, metrics.csv, "
+          f"metrics.json, curves.png to {out}/")
+    if trainer.epoch < epochs:
+        print(f"stopped early as asked; continue with: minires {config['command']} --resume "
+              f"{out / 'checkpoint.npz'}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace, command: str) -> tuple[dict, dict, Any]:
+    """Settings (from the command line or the resumed checkpoint), the dataset
+    and the resume information (None for a fresh run)."""
+    from .nn import init
+
+    if args.resume:
+        settings, resume = _resumed_settings(args, command)
+        if args.out is None:
+            args.out = str(Path(args.resume).parent)
+    else:
+        settings, resume = _settings(args, command), None
+    init.manual_seed(settings["seed"])
+    ds = load_dataset(settings["dataset"], settings["image_size"], settings["classes"],
+                      settings["per_class"], settings["seed"])
+    config = {**settings, **_data_config(ds)}
+    if resume is not None:  # the data's statistics as saved, so the inputs match exactly
+        config.update({k: settings[k] for k in ("mean", "std") if k in settings})
+    return config, ds, resume
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .nn import init
-
-    if args.resume:  # continue with the saved run's model, data and settings
-        saved = load_checkpoint(args.resume)["config"]
-        for key in ("model", "dataset", "classes", "per_class", "image_size", "seed",
-                    "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones",
-                    "warmup", "label_smoothing", "no_augment"):
-            if key in saved:
-                setattr(args, key, saved[key] if key != "classes" else
-                        ",".join(map(str, saved[key])) if saved[key] else None)
-    init.manual_seed(args.seed)
-    ds = load_dataset(args.dataset, args.image_size, _parse_ints(args.classes),
-                      args.per_class, args.seed)
-    config = {**_data_config(args, ds), "model": args.model, "per_class": args.per_class,
-              **{k: getattr(args, k) for k in ("seed", "batch_size", "lr", "momentum",
-                                                "weight_decay", "schedule", "milestones",
-                                                "warmup", "label_smoothing", "no_augment",
-                                                "epochs")}}
-    model = _build_model(config)
+    """``minires train``: build a model and train it from scratch (or resume)."""
+    if not args.resume:
+        args.model = resolve_model_name(args.model, args.depth)
+    config, ds, resume = _prepare(args, "train")
+    model = build_model(config)
     if args.out is None:
-        args.out = f"runs/{args.model}-{Path(args.dataset).name}"
-    return _fit(args, model, ds, model.parameters(), config, args.resume)
+        args.out = f"runs/{config['model']}-{Path(config['dataset']).name}"
+    return _fit(args, model, ds, model.parameters(), config, resume)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """``minires finetune``: load pretrained weights, new head, freeze, train."""
     from .checkpoint import CheckpointError, load_checkpoint
     from .finetune import finetune_param_groups, freeze, load_pretrained, replace_head
-    from .nn import init
 
-    init.manual_seed(args.seed)
-    ds = load_dataset(args.dataset, args.image_size, _parse_ints(args.classes),
-                      args.per_class, args.seed)
-    config = {**_data_config(args, ds), "per_class": args.per_class, "finetuned_from":
-              str(args.source), **{k: getattr(args, k) for k in (
-                  "seed", "batch_size", "lr", "backbone_lr", "momentum", "weight_decay",
-                  "schedule", "milestones", "warmup", "no_augment", "epochs")}}
-    pre_config: dict[str, Any] = {}
-    if str(args.source).endswith(".npz"):
-        try:
-            pre_config = load_checkpoint(args.source)["config"] or {}
-        except CheckpointError:
-            pre_config = {}  # a weights-only file: the model must be named
-    config["model"] = args.model or pre_config.get("model")
-    if not config["model"]:
-        raise SystemExit("minires finetune: --model is needed when --from holds bare weights")
-    if pre_config.get("mean") and len(pre_config["mean"]) == config["in_channels"]:
-        # keep the pretraining normalization: the backbone's features expect it
-        config["mean"], config["std"] = pre_config["mean"], pre_config["std"]
-    model = _build_model({**config, "num_classes": pre_config.get("num_classes",
-                                                                  config["num_classes"])})
-    missing, unexpected = load_pretrained(model, args.source)
-    replace_head(model, config["num_classes"])
-    print(f"loaded {args.source}: {len(missing)} missing, {len(unexpected)} unexpected keys; "
-          f"new head for {config['num_classes']} classes")
-    if args.freeze_backbone:
+    if not args.resume and not args.source:
+        raise CommandError("--from is required (a checkpoint.npz, a weights .npz or a "
+                           "PyTorch .pt state dict), unless resuming with --resume")
+    if args.model is not None and not args.resume:
+        args.model = resolve_model_name(args.model, args.depth)
+    config, ds, resume = _prepare(args, "finetune")
+    if resume is None:
+        pre_config: dict[str, Any] = {}
+        if str(args.source).endswith(".npz"):
+            try:
+                pre_config = load_checkpoint(args.source)["config"] or {}
+            except CheckpointError:
+                pre_config = {}  # a weights-only file: the model must be named
+        config["model"] = args.model or pre_config.get("model")
+        if not config["model"]:
+            raise CommandError("--model is needed when --from holds bare weights")
+        if pre_config.get("mean") and len(pre_config["mean"]) == config["in_channels"]:
+            # keep the pretraining normalization: the backbone's features expect it
+            config["mean"], config["std"] = pre_config["mean"], pre_config["std"]
+        old_classes = pre_config.get("num_classes", config["num_classes"])
+        model = build_model({**config, "num_classes": old_classes})
+        missing, unexpected = load_pretrained(model, args.source)
+        replace_head(model, config["num_classes"])
+        shown = f" ({', '.join(missing)})" if 0 < len(missing) <= 4 else ""
+        print(f"loaded {args.source}: {len(missing)} missing{shown}, {len(unexpected)} "
+              f"unexpected keys; a new head (fc) for {config['num_classes']} classes "
+              f"replaces the one for {old_classes}")
+    else:
+        model = build_model(config)  # the weights come from the checkpoint
+    frozen: list[str] = []
+    if config["freeze_backbone"]:
         frozen = freeze(model, except_prefixes=("fc.",))
-        print(f"froze {len(frozen)} backbone parameters")
-    params = finetune_param_groups(model, lr=args.lr, backbone_lr=args.backbone_lr,
-                                   weight_decay=args.weight_decay)
+    elif config["freeze"]:
+        frozen = freeze(model, prefixes=[p.strip() for p in config["freeze"].split(",")
+                                         if p.strip()])
+    if frozen and resume is None:
+        print(f"froze {len(frozen)} parameters ({frozen[0]} ... {frozen[-1]})")
+    params = finetune_param_groups(model, lr=config["lr"], backbone_lr=config["backbone_lr"],
+                                   weight_decay=config["weight_decay"])
     if args.out is None:
-        args.out = f"runs/finetune-{config['model']}-{Path(args.dataset).name}"
-    return _fit(args, model, ds, params, config, None)
+        args.out = f"runs/finetune-{config['model']}-{Path(config['dataset']).name}"
+    return _fit(args, model, ds, params, config, resume)
 
+
+# ---- evaluate, gradcheck, models ---------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``minires evaluate CKPT``: loss and accuracy of a saved model."""
     from .checkpoint import load_checkpoint
     from .data import DataLoader, Normalize
-    from .train import Trainer
+    from .train import evaluate
 
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt["config"] or {}
     if "model" not in config:
-        raise SystemExit(f"minires evaluate: {args.checkpoint} has no model configuration")
+        raise CommandError(f"{args.checkpoint} has no model configuration (not written by "
+                           "minires train or finetune)")
     dataset = args.dataset or config["dataset"]
-    ds = load_dataset(dataset, config.get("image_size"), config.get("classes"), None,
+    ds = load_dataset(dataset, config.get("image_size"), config.get("classes"),
+                      config.get("per_class") if args.split == "train" else None,
                       config.get("seed", 0))
-    model = _build_model(config)
+    model = build_model(config)
     model.load_state_dict(ckpt["model_state"])
     x, y = ds[args.split]
-    loader = DataLoader(x, y, 256, transform=Normalize(config["mean"], config["std"]))
-    result = Trainer(model, optimizer=None, train_loader=[], progress=False).evaluate(loader)
-    result = {"checkpoint": str(args.checkpoint), "epoch": ckpt["epoch"], "dataset": dataset,
-              "split": args.split, "images": len(y), **result}
+    loader = DataLoader(x, y, EVAL_BATCH_SIZE, transform=Normalize(config["mean"], config["std"]))
+    result = evaluate(model, loader)
+    result = {"checkpoint": str(args.checkpoint), "model": config["model"],
+              "epoch": ckpt["epoch"], "dataset": dataset, "split": args.split, **result}
     print(json.dumps(result) if args.json else
           f"{config['model']} after epoch {ckpt['epoch']} on {dataset} {args.split} "
-          f"({len(y)} images): loss {result['loss']:.4f}, accuracy "
-          f"{100 * result['acc']:.2f}%")
+          f"({result['images']} images): loss {result['loss']:.4f}, accuracy "
+          f"{100 * result['acc']:.2f}% (error {100 * (1 - result['acc']):.2f}%)")
     return 0
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
+    """``minires gradcheck``: a table of relative errors, op by op and block by block."""
     from .selfcheck import run_all
 
     rows = run_all(quick=args.quick, seed=args.seed)
     width = max(len(name) for name, _, _ in rows)
     tw = max(len(tensor) for _, tensor, _ in rows)
-    print(f"{'check':<{width}}  {'tensor':<{tw}}  {'rel. error':>10}  result")
+    print(f"{'check':<{width}}  {'gradient of':<{tw}}  {'rel. error':>10}  result")
     failed = 0
     for name, tensor, err in rows:
         ok = err <= args.tol
         failed += not ok
         print(f"{name:<{width}}  {tensor:<{tw}}  {err:>10.2e}  {'ok' if ok else 'FAIL'}")
-    print(f"{len(rows) - failed} of {len(rows)} gradients agree with finite differences "
-          f"(tolerance {args.tol:.0e})")
+    print(f"{len(rows) - failed} of {len(rows)} gradients agree with centred finite "
+          f"differences in float64 (tolerance {args.tol:.0e})")
     return 1 if failed else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``minires models``: the names ``--model`` accepts."""
     from .models import available_models, get_model
 
     for name in available_models():
@@ -308,25 +506,98 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- the parser ----------------------------------------------------------------------
+# ---- the parser ------------------------------------------------------------------------
+
+EPILOG_MAIN = """examples:
+  minires train                           # ResNet-20 on the bundled digits, ~1 minute
+  minires evaluate runs/resnet20-digits/checkpoint.npz
+  minires gradcheck --quick
+  minires <command> --help                # options and examples of each command
+"""
+
+EPILOG_TRAIN = """examples:
+  minires train                                  # ResNet-20 on the bundled digits
+  minires train --model plain --depth 20 --out runs/plain20
+  minires train --model resnet --depth 32 --epochs 20 --seed 1
+  minires train --dataset cifar10 --epochs 164 --batch-size 128 --schedule multistep \\
+                --milestones 82,123 --weight-decay 1e-4     # the paper's recipe
+  minires train --dataset path/to/images --image-size 32 --model resnet8
+  minires train --epochs 15 --stop-after 5 --out runs/a  # stop after epoch 5 ...
+  minires train --resume runs/a/checkpoint.npz           # ... and continue to 15
+"""
+
+EPILOG_FINETUNE = """examples:
+  minires train --classes 0,1,2,3,4 --out runs/pretrain
+  minires finetune --from runs/pretrain/checkpoint.npz --classes 5,6,7,8,9 \\
+                   --per-class 10 --batch-size 10 --epochs 30 --out runs/finetune
+  minires finetune --from runs/pretrain/checkpoint.npz --classes 5,6,7,8,9 \\
+                   --freeze-backbone --out runs/frozen   # train the new head only
+  minires finetune --from resnet18.pt --model resnet18 --dataset my_photos/ \\
+                   --image-size 64 --freeze conv1,bn1,layer1
+  minires finetune --resume runs/finetune/checkpoint.npz --epochs 40
+"""
+
+EPILOG_EVALUATE = """examples:
+  minires evaluate runs/resnet20-digits/checkpoint.npz
+  minires evaluate runs/resnet20-digits/checkpoint.npz --split train --json
+"""
+
+EPILOG_GRADCHECK = """examples:
+  minires gradcheck --quick        # ops and one block of each kind, a few seconds
+  minires gradcheck                # every block in train and eval mode, and a ResNet-8
+"""
+
+EPILOG_MODELS = """examples:
+  minires models
+  minires models --count
+"""
+
+
+def _add_backend(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # On the main parser and on each command; a command's copy does not
+    # override the main one's value unless given (default SUPPRESS).
+    p.add_argument("--backend", choices=["numpy", "cupy"],
+                   default=None if top else argparse.SUPPRESS,
+                   help="array backend (default: $MINIRES_BACKEND or numpy)")
+    p.add_argument("--threads", type=int, default=None if top else argparse.SUPPRESS,
+                   help="BLAS threads (default 1, or as $OPENBLAS_NUM_THREADS / "
+                        "$OMP_NUM_THREADS say; more can help large images)")
+
 
 def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> None:
     d = TRAIN_DEFAULTS
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--model", default=None,
+                   help="a family (resnet, plain, preact_resnet) with --depth, or a full "
+                        "name: resnet20, plain56, preact_resnet110, wrn16_4, resnet18 "
+                        "(`minires models` lists them); default "
+                        + ("the checkpoint's" if finetune else f"{d['model']}"))
+    p.add_argument("--depth", type=int, default=None,
+                   help="depth of a model family: 6n+2 for resnet/plain/preact_resnet "
+                        "(8, 14, 20, 32, 44, 56, 110, ...); 18, 34, 50, 101, 152 give "
+                        "torchvision's ImageNet ResNets; default "
+                        + ("the checkpoint's" if finetune else f"{d['depth']}"))
+    p.add_argument("--dataset", default=d["dataset"],
                    help="digits (bundled), cifar10 (archive in data/ or $MINIRES_DATA), "
-                        "or a folder root/<class>/*.png (default: digits)")
+                        "or a folder root/<class>/*.png; default %(default)s")
     p.add_argument("--classes", default=None,
                    help="comma-separated class indices to keep, relabelled 0..k-1")
     p.add_argument("--per-class", type=int, default=None,
                    help="use at most this many training images per class")
     p.add_argument("--image-size", type=int, default=None,
                    help="resize image-folder images to this size (default 32)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="default %(default)s")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs in all (default {d['epochs']}; when resuming, the run's)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="K",
+                   help="stop after epoch K of the planned --epochs (the schedule keeps "
+                        "its length); continue later with --resume")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help="default %(default)s")
-    p.add_argument("--lr", type=float, default=0.05 if finetune else d["lr"],
-                   help="learning rate (of the head, when fine-tuning); default %(default)s")
-    p.add_argument("--momentum", type=float, default=d["momentum"], help="default %(default)s")
+    p.add_argument("--lr", type=float,
+                   default=FINETUNE_DEFAULTS["lr"] if finetune else d["lr"],
+                   help=("learning rate of the new head" if finetune else "learning rate")
+                        + "; default %(default)s")
+    p.add_argument("--momentum", type=float, default=d["momentum"],
+                   help="Nesterov momentum (0: plain SGD); default %(default)s")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="default %(default)s")
     p.add_argument("--schedule", choices=["cosine", "multistep", "constant"],
@@ -335,80 +606,157 @@ def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> Non
                    help="epochs at which multistep divides the lr by 10 (default: 50%%, 75%%)")
     p.add_argument("--warmup", type=int, default=d["warmup"],
                    help="epochs of linear warm-up from lr/10; default %(default)s")
-    p.add_argument("--label-smoothing", type=float, default=d["label_smoothing"])
-    p.add_argument("--no-augment", action="store_true",
-                   help="no random crops or flips")
+    p.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
+                   help="default %(default)s")
+    p.add_argument("--no-augment", action="store_true", help="no random crops or flips")
     p.add_argument("--seed", type=int, default=d["seed"],
-                   help="seeds weights, shuffling and augmentation; default %(default)s")
-    p.add_argument("--out", default=None, help="output folder (default runs/<model>-<dataset>)")
+                   help="seeds the weights, the shuffling and the augmentation; "
+                        "default %(default)s")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the run saved in this checkpoint.npz, with its settings")
+    p.add_argument("--out", default=None,
+                   help="output folder (default runs/<model>-<dataset>, or the resumed "
+                        "checkpoint's folder)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_backend(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``minires`` command and its subcommands."""
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="minires", description="Residual networks built by hand: train, evaluate, "
-        "fine-tune and gradient-check them.")
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None,
-                        help="array backend (default: $MINIRES_BACKEND or numpy)")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="minires", epilog=EPILOG_MAIN, formatter_class=raw,
+        description="Residual networks built by hand: train, evaluate, fine-tune and "
+                    "gradient-check them.")
+    _add_backend(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a network", epilog=EPILOG_TRAIN,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a model; writes checkpoint.npz, metrics.csv, "
-                                   "metrics.json and curves.png to the output folder.")
-    p.add_argument("--model", default=TRAIN_DEFAULTS["model"],
-                   help="resnet20, plain20, preact_resnet20, resnet18, ... "
-                        "(`minires models` lists them); default %(default)s")
-    p.add_argument("--resume", default=None, help="continue the run saved in this checkpoint")
+    p = sub.add_parser("train", help="train a network (no options: ResNet-20 on the digits)",
+                       epilog=EPILOG_TRAIN, formatter_class=raw,
+                       description="Train a model with SGD; after every epoch write "
+                                   "checkpoint.npz, metrics.csv and metrics.json to the "
+                                   "output folder, and curves.png at the end.")
     _training_options(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint",
-                       epilog="example:\n  minires evaluate runs/resnet20-digits/checkpoint.npz",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint",
+                       epilog=EPILOG_EVALUATE, formatter_class=raw,
+                       description="Evaluate a saved model on its dataset's test (or train) "
+                                   "split, in eval mode.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by minires train/finetune")
     p.add_argument("--dataset", default=None, help="default: the one it was trained on")
-    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--split", choices=["train", "test"], default="test",
+                   help="default %(default)s")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_evaluate)
+    _add_backend(p)
+    p.set_defaults(func=cmd_evaluate, parser=p)
 
     p = sub.add_parser("finetune", help="fine-tune a trained model on new classes or data",
-                       epilog=EPILOG_FINETUNE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="source", required=True,
-                   help="checkpoint.npz, a minires weights .npz, or a PyTorch .pt state dict")
-    p.add_argument("--model", default=None,
-                   help="architecture (default: the one saved in the checkpoint)")
-    p.add_argument("--backbone-lr", type=float, default=0.005,
+                       epilog=EPILOG_FINETUNE, formatter_class=raw,
+                       description="Load pretrained weights (a minires checkpoint or "
+                                   "weights file, or a torchvision-layout PyTorch state "
+                                   "dict), put a new classifier head for the new classes, "
+                                   "optionally freeze layers, and train: the head at --lr, "
+                                   "the pretrained layers at --backbone-lr.")
+    p.add_argument("--from", dest="source", default=None, metavar="WEIGHTS",
+                   help="checkpoint.npz, a minires weights .npz, or a PyTorch .pt/.pth "
+                        "state dict (torchvision names)")
+    p.add_argument("--backbone-lr", type=float, default=FINETUNE_DEFAULTS["backbone_lr"],
                    help="learning rate of the pretrained layers; default %(default)s")
     p.add_argument("--freeze-backbone", action="store_true",
-                   help="train only the new classifier head")
+                   help="train only the new classifier head (fc)")
+    p.add_argument("--freeze", default=None, metavar="PREFIXES",
+                   help="freeze the parameters whose names start with one of these "
+                        "comma-separated prefixes, e.g. conv1,bn1,layer1")
     _training_options(p, finetune=True)
-    p.set_defaults(func=cmd_finetune)
+    p.set_defaults(func=cmd_finetune, parser=p)
 
     p = sub.add_parser("gradcheck", help="check every backward pass against finite "
                        "differences (a first sanity check of an install)",
-                       epilog="example:\n  minires gradcheck --quick",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="ops and one block of each kind only")
+                       epilog=EPILOG_GRADCHECK, formatter_class=raw,
+                       description="Print the largest relative error between each "
+                                   "hand-written gradient and centred finite differences "
+                                   "(float64, random upstream gradient), op by op and "
+                                   "block by block; exit code 1 if one exceeds --tol.")
+    p.add_argument("--quick", action="store_true",
+                   help="ops and one block of each kind in training mode only")
     p.add_argument("--tol", type=float, default=1e-6, help="default %(default)s")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_gradcheck)
+    p.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    p.set_defaults(func=cmd_gradcheck, parser=p)
 
-    p = sub.add_parser("models", help="list the model names")
+    p = sub.add_parser("models", help="list the model names", epilog=EPILOG_MODELS,
+                       formatter_class=raw,
+                       description="The model names --model accepts, at the papers' depths.")
     p.add_argument("--count", action="store_true", help="also count parameters")
-    p.set_defaults(func=cmd_models)
+    p.set_defaults(func=cmd_models, parser=p)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.backend:
-        backend.use(args.backend)
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_threads(threads: int | None) -> contextlib.AbstractContextManager:
+    """Limit the BLAS library to ``threads`` threads while a command runs.
+
+    ``None`` means 1, unless one of ``OPENBLAS_NUM_THREADS``,
+    ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` is set (then it is left alone).
+    One thread is the default because the matrices of a CIFAR-style ResNet on
+    small images are too small to share out (a ResNet-20 epoch on the digits
+    took 1.8 s with one thread and 11 to 32 s with two, on two cores shared
+    with other work: waiting threads spin and stall each other).
+
+    Before NumPy is imported (the ``minires`` command) this sets the
+    environment variables the BLAS reads at load time; afterwards (``main``
+    called from Python) it uses ``threadpoolctl`` when installed, else does
+    nothing. Returns a context manager.
+    """
+    if threads is None:
+        if any(v in os.environ for v in _THREAD_VARIABLES):
+            return contextlib.nullcontext()
+        threads = 1
+    if threads < 1:
+        raise CommandError(f"--threads must be positive, got {threads}")
+    if "numpy" not in sys.modules:
+        for v in _THREAD_VARIABLES:
+            os.environ[v] = str(threads)
+        return contextlib.nullcontext()
     try:
-        return int(args.func(args) or 0)
-    except (backend.BackendError, ValueError, FileNotFoundError, KeyError) as err:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``minires`` command with ``argv`` (default ``sys.argv[1:]``);
+    returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        threads = limit_threads(args.threads)
+    except CommandError as err:
         print(f"minires {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    with threads:
+        try:
+            return _run(args)
+        except BrokenPipeError:  # output piped into `head` and cut off: not an error
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (flushed at exit, silently)
+            return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import backend
+    from .checkpoint import CheckpointError
+    from .data import CifarError
+
+    try:
+        if args.backend:
+            backend.use(args.backend)
+        return int(args.func(args) or 0)
+    except (CommandError, CheckpointError, CifarError, backend.BackendError, ValueError,
+            FileNotFoundError, KeyError, ImportError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"minires {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -1,0 +1,305 @@
+"""The `minires` command, end to end, on ResNet-8 and a few hundred digits."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minires import cli
+from minires.checkpoint import load_checkpoint
+from minires.nn import loss as loss_module
+
+TINY = ["--model", "resnet", "--depth", "8", "--per-class", "10", "--batch-size", "32",
+        "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """Tiny matrices: a second BLAS thread only stalls on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def bitwise_equal(a, b):
+    return list(a) == list(b) and all(
+        np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes() for k in a)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`minires train` on 300 images for 4 epochs, run in-process."""
+    out = tmp_path_factory.mktemp("run")
+    code = cli.main(["train", "--model", "resnet8", "--per-class", "30", "--batch-size", "32",
+                     "--epochs", "4", "--lr", "0.05", "--out", str(out), "--quiet"])
+    return code, out
+
+
+def test_train_writes_everything_and_learns(trained):
+    code, out = trained
+    assert code == 0
+    for name in ("checkpoint.npz", "metrics.csv", "metrics.json", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    history = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 5
+    assert history[-1]["test_acc"] > 0.5  # chance: 0.1
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    config = ckpt["config"]
+    assert ckpt["epoch"] == 4 and config["model"] == "resnet8" and config["epochs"] == 4
+    assert config["dataset"] == "digits" and config["num_classes"] == 10
+
+
+def test_evaluate_prints_the_last_epochs_accuracy(trained, capsys):
+    _, out = trained
+    last = json.loads((out / "metrics.json").read_text())[-1]
+    code, text, _ = run(capsys, "evaluate", out / "checkpoint.npz")
+    assert code == 0
+    assert f"accuracy {100 * last['test_acc']:.2f}%" in text and "359 images" in text
+    code, text, _ = run(capsys, "evaluate", out / "checkpoint.npz", "--json")
+    result = json.loads(text)
+    assert result["acc"] == last["test_acc"] and result["epoch"] == 4
+    assert result["loss"] == pytest.approx(last["test_loss"], rel=1e-6)
+    code, text, _ = run(capsys, "evaluate", out / "checkpoint.npz", "--split", "train", "--json")
+    assert json.loads(text)["images"] == 300
+
+
+def test_train_through_a_subprocess(tmp_path):
+    """The real command line: a fresh interpreter, relative paths, progress lines."""
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "minires.cli", "train", "--model", "resnet8", "--per-class", "5",
+         "--epochs", "1", "--out", "run"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet8 (75,002 parameters) on digits: 50 train / 359 test images" in proc.stdout
+    assert re.search(r"epoch 1 \| lr 0.1 \| train loss [\d.]+ .*img/s", proc.stdout)
+    assert "test accuracy" in proc.stdout
+    for name in ("checkpoint.npz", "metrics.csv", "metrics.json", "curves.png"):
+        assert (tmp_path / "run" / name).exists(), name
+
+
+def test_resume_through_the_cli_is_bit_identical(tmp_path, capsys):
+    """`train --epochs 2 --out A`, then `train --resume A/checkpoint.npz --epochs 4`,
+    equals `train --epochs 4 --out B`, bit for bit. The schedule must not depend
+    on the run's length for that (here: divide by 10 at epoch 3); a cosine
+    schedule does, and is covered by --stop-after below."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    sched = ["--schedule", "multistep", "--milestones", "3"]
+    assert run(capsys, "train", *TINY, *sched, "--epochs", "2", "--out", a)[0] == 0
+    code, text, err = run(capsys, "train", "--resume", a / "checkpoint.npz", "--epochs", "4")
+    assert code == 0 and "resumed from" in text and "after epoch 2" in text
+    assert "note: 2 epochs were planned, now 4" in err
+    assert run(capsys, "train", *TINY, *sched, "--epochs", "4", "--out", b)[0] == 0
+    ca, cb = load_checkpoint(a / "checkpoint.npz"), load_checkpoint(b / "checkpoint.npz")
+    assert ca["epoch"] == cb["epoch"] == 4
+    assert bitwise_equal(ca["model_state"], cb["model_state"])
+    state_a, state_b = ca["optimizer_state"]["state"], cb["optimizer_state"]["state"]
+    assert all(state_a[k]["momentum_buffer"].tobytes() == state_b[k]["momentum_buffer"].tobytes()
+               for k in state_b)
+    ha = json.loads((a / "metrics.json").read_text())
+    hb = json.loads((b / "metrics.json").read_text())
+    assert [r["test_acc"] for r in ha] == [r["test_acc"] for r in hb]
+    assert [r["lr"] for r in ha] == [r["lr"] for r in hb]
+
+
+def test_stop_after_and_resume_with_the_default_schedule(tmp_path, capsys):
+    c, d = tmp_path / "C", tmp_path / "D"
+    code, text, _ = run(capsys, "train", *TINY, "--epochs", "3", "--stop-after", "1",
+                        "--out", c)
+    assert code == 0 and "stopped early" in text
+    assert load_checkpoint(c / "checkpoint.npz")["epoch"] == 1
+    # the checkpoint's own settings win over contradicting options, with a note
+    code, _, err = run(capsys, "train", "--resume", c / "checkpoint.npz", "--lr", "0.3")
+    assert code == 0 and "ignoring --lr 0.3" in err
+    assert run(capsys, "train", *TINY, "--epochs", "3", "--out", d)[0] == 0
+    cc, cd = load_checkpoint(c / "checkpoint.npz"), load_checkpoint(d / "checkpoint.npz")
+    assert cc["epoch"] == 3 and bitwise_equal(cc["model_state"], cd["model_state"])
+    code, text, _ = run(capsys, "train", "--resume", c / "checkpoint.npz")
+    assert code == 0 and "nothing to do" in text
+
+
+def test_divergence_exits_2_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    # reference: the same run, stopped after epoch 1
+    ref = tmp_path / "ref"
+    assert run(capsys, "train", *TINY, "--epochs", "3", "--stop-after", "1", "--out", ref)[0] == 0
+    calls = []
+    forward = loss_module.CrossEntropyLoss.forward
+
+    def nan_in_epoch_2(self, logits, y):
+        calls.append(1)  # epoch 1: 4 training + 2 test batches; then epoch 2, batch 1
+        loss = forward(self, logits, y)
+        return loss * float("nan") if len(calls) >= 7 else loss
+
+    monkeypatch.setattr(loss_module.CrossEntropyLoss, "forward", nan_in_epoch_2)
+    out = tmp_path / "div"
+    code, _, err = run(capsys, "train", *TINY, "--epochs", "3", "--out", out)
+    assert code == 2
+    assert "training diverged: the training loss became nan at epoch 2, batch 1" in err
+    assert f"the last good checkpoint, after epoch 1, is {out / 'checkpoint.npz'}" in err
+    good, kept = load_checkpoint(ref / "checkpoint.npz"), load_checkpoint(out / "checkpoint.npz")
+    assert kept["epoch"] == 1 and bitwise_equal(kept["model_state"], good["model_state"])
+    assert len(json.loads((out / "metrics.json").read_text())) == 1
+
+
+def test_a_huge_learning_rate_diverges_with_a_clear_message(tmp_path, capsys):
+    code, _, err = run(capsys, "train", *TINY, "--epochs", "2", "--lr", "1e6", "--schedule",
+                       "constant", "--out", tmp_path)
+    assert code == 2
+    assert "training diverged" in err and "lower learning rate (it was 1e+06)" in err
+    assert "Warning" not in err  # NumPy's overflow warnings are not shown
+    if (tmp_path / "checkpoint.npz").exists():  # only epochs that ended finite are saved
+        state = load_checkpoint(tmp_path / "checkpoint.npz")["model_state"]
+        assert all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f")
+
+
+def test_finetune_frozen_backbone_and_resume(trained, tmp_path, capsys):
+    _, pre = trained
+    out = tmp_path / "ft"
+    code, text, _ = run(capsys, "finetune", "--from", pre / "checkpoint.npz", "--classes",
+                        "5,6,7,8,9", "--per-class", "4", "--batch-size", "10",
+                        "--epochs", "2", "--stop-after", "1", "--freeze-backbone", "--quiet",
+                        "--out", out)
+    assert code == 0
+    assert ("0 missing, 0 unexpected keys; a new head (fc) for 5 classes replaces the one "
+            "for 10") in text
+    assert "froze 21 parameters (conv1.weight ... layer3.0.bn2.bias)" in text
+    assert "resnet8 (74,677 parameters, 325 trainable) on digits: 20 train" in text
+    before = load_checkpoint(pre / "checkpoint.npz")["model_state"]
+    after = load_checkpoint(out / "checkpoint.npz")
+    assert after["config"]["command"] == "finetune" and after["config"]["num_classes"] == 5
+    weights = {k for k in after["model_state"] if not k.startswith("fc.")
+               and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert weights and all(after["model_state"][k].tobytes() == before[k].tobytes()
+                           for k in weights)
+    assert after["model_state"]["fc.weight"].shape == (5, 64)
+    code, text, err = run(capsys, "train", "--resume", out / "checkpoint.npz")
+    assert code == 1 and "started by `minires finetune`" in err
+    code, text, _ = run(capsys, "finetune", "--resume", out / "checkpoint.npz")
+    assert code == 0 and "after epoch 1" in text
+    resumed = load_checkpoint(out / "checkpoint.npz")["model_state"]
+    assert all(resumed[k].tobytes() == before[k].tobytes() for k in weights)
+    code, text, _ = run(capsys, "evaluate", out / "checkpoint.npz")
+    assert code == 0 and "on digits test (179 images)" in text
+
+
+def test_gradcheck_quick(capsys):
+    code, text, _ = run(capsys, "gradcheck", "--quick")
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0].split() == ["check", "gradient", "of", "rel.", "error", "result"]
+    assert any(line.startswith("conv2d 3x2 stride 2 pad 0") for line in lines)
+    assert any(line.startswith("BasicBlock A stride 2 (train)") for line in lines)
+    m = re.fullmatch(r"(\d+) of (\d+) gradients agree .*", lines[-1])
+    assert m and m[1] == m[2] and int(m[1]) == len(lines) - 2
+
+
+def test_gradcheck_reports_a_failure(capsys, monkeypatch):
+    from minires import selfcheck
+
+    monkeypatch.setattr(selfcheck, "run_all", lambda quick, seed: [
+        ("good op", "x", 1e-10), ("bad op", "w", 0.5)])
+    code, text, _ = run(capsys, "gradcheck")
+    assert code == 1 and "bad op" in text and "FAIL" in text and "1 of 2 gradients" in text
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "finetune", "gradcheck", "models"])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0
+    assert f"usage: minires {command}" in text and "examples:" in text
+    assert f"  minires {command}" in text.split("examples:")[1]
+
+
+def test_main_help_and_train_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(c in text for c in ("train", "evaluate", "finetune", "gradcheck", "models"))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--model", "--depth", "--dataset", "--epochs", "--batch-size", "--lr",
+                   "--schedule", "--seed", "--backend", "--out", "--resume", "--threads"):
+        assert option in text, option
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "nope"], "unknown dataset 'nope'"),
+    (["train", "--dataset", "no/such/folder"], "(no such folder)"),
+    (["train", "--model", "densenet"], "unknown model 'densenet'"),
+    (["train", "--model", "resnet", "--depth", "21"], "6n+2"),
+    (["train", "--model", "resnet20", "--depth", "32"], "use --model resnet --depth 32"),
+    (["train", "--classes", "3,11"], "--classes 3,11"),
+    (["train", "--classes", "a,b"], "expected comma-separated integers"),
+    (["evaluate", "missing.npz"], "no such checkpoint file"),
+    (["finetune", "--classes", "1,2"], "--from is required"),
+    (["train", "--threads", "0"], "--threads must be positive"),
+])
+def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv, *(["--quiet"] if argv[0] == "train" else []))
+    assert code == 1
+    assert err.startswith(f"minires {argv[0]}: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_malformed_command_line_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--schedule", "sometimes"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, depth, name", [
+    (None, None, "resnet20"), ("resnet", None, "resnet20"), ("resnet", 32, "resnet32"),
+    ("plain", 8, "plain8"), ("preact_resnet", 56, "preact_resnet56"),
+    ("PreAct-ResNet", 20, "preact_resnet20"), ("resnet20", None, "resnet20"),
+    ("resnet20", 20, "resnet20"), ("wrn16_4", None, "wrn16_4"), ("resnet18", None, "resnet18"),
+])
+def test_model_and_depth(model, depth, name):
+    assert cli.resolve_model_name(model, depth) == name
+
+
+def test_depth_needs_a_family():
+    with pytest.raises(cli.CommandError, match="goes with a model family"):
+        cli.resolve_model_name("wrn16_4", 16)
+
+
+def test_models_lists_names(capsys):
+    code, text, _ = run(capsys, "models")
+    assert code == 0 and {"resnet20", "plain20", "preact_resnet110", "resnet18"} <= set(
+        text.split())
+
+
+def test_select_classes_relabels_in_the_given_order():
+    images = np.arange(12, dtype=np.float32).reshape(12, 1, 1, 1)
+    labels = np.array([0, 1, 2, 3] * 3)
+    x, y = cli.select_classes(images, labels, [3, 1], None, seed=0)
+    assert y.tolist() == [1, 0, 1, 0, 1, 0] and x[:, 0, 0, 0].tolist() == [1, 3, 5, 7, 9, 11]
+    x, y = cli.select_classes(images, labels, None, 2, seed=0)
+    assert np.bincount(y).tolist() == [2, 2, 2, 2] and (np.diff(x[:, 0, 0, 0]) > 0).all()
+
+
+def test_limit_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with cli.limit_threads(1):
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
