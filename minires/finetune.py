@@ -16,6 +16,7 @@ computing one, and the optimizer leaves it alone.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from .nn.module import IncompatibleKeys
 
 
 def _is_torch(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] == "torch"
+    """A torch tensor or module (without importing torch when it is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, (torch.Tensor, torch.nn.Module))
 
 
 def read_weights(source: str | os.PathLike | Mapping[str, Any] | Any) -> dict[str, Any]:
