@@ -82,7 +82,7 @@ IntPair = int | tuple[int, int]
 
 # Fast path: bytes of the im2col matrix per chunk of images (see the module
 # docstring). A few MB fit the CPU cache; much larger chunks were slower.
-CHUNK_BYTES = 2 * 2**20
+CHUNK_BYTES = 4 * 2**20
 
 
 # ---- small helpers shared with pool.py ----------------------------------------
