@@ -529,6 +529,19 @@ def bench_ops(batch: int, reps: int, torch: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def ops_per_step(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each op's median times the number of times it runs in one step, summed."""
+    total: dict[str, float | None] = {}
+    for key in ("minires_fwd", "minires_bwd", "torch_fwd", "torch_bwd"):
+        values = [r[key + "_ms"] for r in rows]
+        total[key] = (None if any(v is None for v in values)
+                      else sum(v * r["per_step"] for v, r in zip(values, rows, strict=True)))
+    for part in ("fwd", "bwd"):
+        t = total[f"torch_{part}"]
+        total[f"ratio_{part}"] = total[f"minires_{part}"] / t if t else None
+    return total
+
+
 # ---- float32 against float64 ------------------------------------------------
 
 def float32_gradient_error(batch: int = 8, seed: int = 0) -> dict[str, Any]:
@@ -603,6 +616,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {fmt(r['torch_fwd_ms'], 2)} | {fmt(r['ratio_fwd'], 2)} "
                 f"| {fmt(r['minires_bwd_ms'], 2)} | {fmt(r['torch_bwd_ms'], 2)} "
                 f"| {fmt(r['ratio_bwd'], 2)} |")
+        total = report["ops_per_step_ms"]
+        lines.append(
+            f"| **all of the above, times per step** | | {fmt(total['minires_fwd'])} "
+            f"| {fmt(total['torch_fwd'])} | {fmt(total['ratio_fwd'], 2)} "
+            f"| {fmt(total['minires_bwd'])} | {fmt(total['torch_bwd'])} "
+            f"| {fmt(total['ratio_bwd'], 2)} |")
         lines.append("")
     prec = report.get("float32_gradients")
     if prec:
@@ -675,6 +694,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not args.skip_ops:
         print(f"ops at batch {args.ops_batch} ...", file=sys.stderr, flush=True)
         report["ops"] = bench_ops(args.ops_batch, args.op_reps, torch)
+        report["ops_per_step_ms"] = ops_per_step(report["ops"])
     if not args.skip_steps:
         report["steps"] = []
         for batch in args.batches:
