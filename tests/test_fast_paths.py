@@ -93,18 +93,24 @@ def test_im2col_chunks_tile_the_im2col_matrix(case, chunk_bytes):
 
 @pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 2), (0, 1)),
                                              ((1, 1), (0, 0)), ((5, 3), (4, 2))])
-def test_input_grad_by_convolution_equals_col2im(rng, kernel, padding):
+@pytest.mark.parametrize("x_layout", ["nchw", "cnhw"])
+def test_backward_by_convolution_equals_col2im_and_im2col(rng, kernel, padding, x_layout):
     x = rng.standard_normal((3, 2, 7, 6))
+    if x_layout == "cnhw":
+        x = cnhw(x)
     w = rng.standard_normal((4, 2, *kernel))
     out, _ = conv.conv2d_forward(x, w, None, 1, padding)
     dout = rng.standard_normal(out.shape)
-    dcols = dout.transpose(0, 2, 3, 1).reshape(-1, 4) @ w.reshape(4, -1)
-    want = conv.col2im(dcols, x.shape, kernel, 1, padding)
-    got = conv.conv2d_input_grad_by_convolution(dout, w, padding)
-    assert got.shape == x.shape
-    assert rel(got, want) <= 1e-13
+    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, 4)
+    want_dx = conv.col2im(dout_mat @ w.reshape(4, -1), x.shape, kernel, 1, padding)
+    want_dw = (dout_mat.T @ conv.im2col(x, kernel, 1, padding, portable=True)).reshape(w.shape)
+    dx, dw = conv.conv2d_backward_by_convolution(dout, x, w, padding)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    assert rel(dx, want_dx) <= 1e-13 and rel(dw, want_dw) <= 1e-13
+    dx_only, none = conv.conv2d_backward_by_convolution(dout, x, w, padding, False)
+    assert none is None and rel(dx_only, dx) == 0.0
     with pytest.raises(ValueError, match="padding below the kernel size"):
-        conv.conv2d_input_grad_by_convolution(dout, w, kernel)
+        conv.conv2d_backward_by_convolution(dout, x, w, kernel)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -55,16 +55,17 @@ products in two other ways, each measured on ResNet-20 at batch 128 on a
   chunk is still in the CPU cache when the product reads it, and no
   full-size ``cols`` is allocated (fresh memory is slow to touch the first
   time). Each chunk's product writes straight into its columns of ``out.T``.
-- *dx as a convolution.* For stride 1, ``dx`` is the convolution of ``dout``
-  (padded by KH-1-ph, KW-1-pw) with the kernel flipped in both spatial axes
-  and its input and output channels swapped::
+- *Backward by one im2col of dout.* For stride 1, ``dx`` is the convolution
+  of ``dout`` (padded by KH-1-ph, KW-1-pw) with the kernel flipped in both
+  spatial axes and its input and output channels swapped::
 
       dx[n, c, h, w] = sum over (co, i, j) of
           dout_padded[n, co, h + i, w + j] * w[co, c, KH-1-i, KW-1-j]
 
-  which is ``conv2d_forward(dout, w_flipped, padding=K-1-p)`` itself: an
-  im2col and one product instead of a product and a col2im of nine strided
-  additions. Strided convolutions keep col2im.
+  an im2col of ``dout`` and one product instead of a product and a col2im
+  of nine strided additions; and ``dw`` is a product of ``x`` with those
+  same columns, so ``x`` needs no second im2col
+  (``conv2d_backward_by_convolution``). Strided convolutions keep col2im.
 
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are four nested loops:
 slow, obvious, and the reference the fast version is tested against.
@@ -382,18 +383,21 @@ def conv2d_backward(dout: Array, cache: tuple,
     oh, ow = conv2d_output_size(x.shape[2:], kernel, stride, padding)
     check_dout(dout, (n, c_out, oh, ow), "conv2d_backward")
     xp = backend.namespace(dout, x)
-    fast = backend.is_numpy_like(xp)
     # dout_mat.T, one contiguous row per output channel (free when dout is
     # laid out like conv2d_forward's out)
     dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
-    w_mat = xp.reshape(w, (c_out, -1))
+    # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
+    db = xp.sum(dout_t, axis=1) if has_bias and need_param_grads else None
+    fast = backend.is_numpy_like(xp)
     if fast and stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]:
-        # Fast path: dx as a convolution of dout with the flipped kernel
-        # (module docstring): 2 to 3x faster than the product and col2im.
-        dx = conv2d_input_grad_by_convolution(dout, w, padding)
-    else:
-        dcols = (w_mat.T @ dout_t).T      # = dout_mat @ w_mat, stored transposed like cols
-        dx = col2im(dcols, tuple(x.shape), kernel, stride, padding)
+        # Fast path: dx and dw of a stride-1 convolution from one im2col of
+        # dout (module docstring); about 2x faster than col2im and a second
+        # im2col of x.
+        dx, dw = conv2d_backward_by_convolution(dout, x, w, padding, need_param_grads)
+        return dx, dw, db
+    w_mat = xp.reshape(w, (c_out, -1))
+    dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
+    dx = col2im(dcols, tuple(x.shape), kernel, stride, padding)
     if not need_param_grads:
         return dx, None, None
     if fast:
@@ -403,44 +407,67 @@ def conv2d_backward(dout: Array, cache: tuple,
             dw_mat += dout_t[:, columns] @ cols_t.T
     else:
         dw_mat = dout_t @ im2col(x, kernel, stride, padding)   # cols, built again
-    dw = xp.reshape(dw_mat, w.shape)
-    # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
-    db = xp.sum(dout_t, axis=1) if has_bias else None
-    return dx, dw, db
+    return dx, xp.reshape(dw_mat, w.shape), db
 
 
-def conv2d_input_grad_by_convolution(dout: Array, w: Array, padding: IntPair = 0) -> Array:
-    """dx of a stride-1 convolution, as a convolution of ``dout``.
+def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: IntPair = 0,
+                                   need_param_grads: bool = True
+                                   ) -> tuple[Array, Array | None]:
+    """dx and dw of a stride-1 convolution from one im2col of ``dout`` (NumPy/CuPy).
 
-    Each ``x[n, c, h, w]`` met the kernel entry ``w[co, c, i, j]`` in output
-    pixel ``(h + ph - i, w + pw - j)``, so with ``q = K - 1 - p``::
+    Input pixel ``x[n, c, h, w]`` met the kernel entry ``w[co, c, i, j]`` in
+    the output pixel ``(h + ph - i, w + pw - j)``. Pad ``dout`` by
+    ``q = K - 1 - p`` and flip the kernel, ``i' = KH - 1 - i``: that output
+    pixel is ``dout_q[n, co, h + i', w + j']``, so with
+    ``colsd = im2col(dout_q, (KH, KW))`` (rows (n, h, w), columns (co, i', j'))
+    and ``w_flipped[c, co, i', j'] = w[co, c, KH-1-i', KW-1-j']``::
 
-        dx[n, c, h, w] = sum over (co, i', j') of
-            dout_padded_by_q[n, co, h + i', w + j'] * w[co, c, KH-1-i', KW-1-j']
+        dx[n, c, h, w]          = sum over (co, i', j') of
+                                      colsd[(n, h, w), (co, i', j')] * w_flipped[c, co, i', j']
+        dw_flipped[c, co, i', j'] = sum over (n, h, w) of
+                                      x[n, c, h, w] * colsd[(n, h, w), (co, i', j')]
 
-    a stride-1 convolution of ``dout`` with the kernel flipped in both spatial
-    axes and its channel axes swapped, (C_in, C_out, KH, KW).
+    The first line is the convolution of ``dout`` with the flipped kernel
+    (``w_flipped_mat @ colsd.T``), the second a product with the same
+    columns (``x_mat.T @ colsd``): one im2col serves both gradients.
 
     Parameters
     ----------
-    dout : (N, C_out, OH, OW), the gradient of a stride-1 convolution's output.
-    w : (C_out, C_in, KH, KW), that convolution's weight.
-    padding : its padding (h, w), each at most the kernel size minus 1.
+    dout : (N, C_out, OH, OW), the gradient of the convolution's output.
+    x : (N, C_in, H, W), its input (``OH = H + KH - 1 - 2*ph``).
+    w : (C_out, C_in, KH, KW), its weight.
+    padding : its padding (h, w), each below the kernel size.
+    need_param_grads : False skips ``dw`` (returned as None).
 
     Returns
     -------
-    dx : (N, C_in, H, W) with ``H = OH + KH - 1 - 2*ph``, the layout of
-        ``conv2d_forward``'s output.
+    dx : (N, C_in, H, W), laid out like ``conv2d_forward``'s output.
+    dw : (C_out, C_in, KH, KW), or None.
     """
-    ph, pw = as_pair(padding, "padding", "conv2d_input_grad_by_convolution", 0)
-    kh, kw = w.shape[2], w.shape[3]
+    op = "conv2d_backward_by_convolution"
+    ph, pw = as_pair(padding, "padding", op, 0)
+    c_out, c_in, kh, kw = w.shape
     if ph >= kh or pw >= kw:
-        raise ValueError(f"conv2d_input_grad_by_convolution: expected padding below the kernel "
-                         f"size {(kh, kw)}, got {(ph, pw)}")
-    xp = backend.namespace(dout, w)
-    w_flipped = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))
-    dx, _ = conv2d_forward(dout, w_flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))
-    return dx
+        raise ValueError(f"{op}: expected padding below the kernel size {(kh, kw)}, "
+                         f"got {(ph, pw)}")
+    xp = backend.namespace(dout, x, w)
+    matmul = backend.native(xp).matmul
+    n, _, h, wd = x.shape
+    w_flipped = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))   # (C_in, C_out, KH, KW)
+    w_flipped_mat = xp.reshape(w_flipped, (c_in, c_out * kh * kw))
+    x_t = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (c_in, n * h * wd))  # x_mat.T
+    dx_t = xp.empty((c_in, n * h * wd), dtype=dout.dtype)
+    dw_flipped_mat = xp.zeros((c_in, c_out * kh * kw), dtype=w.dtype) if need_param_grads else None
+    for columns, colsd_t in im2col_chunks(dout, (kh, kw), 1, (kh - 1 - ph, kw - 1 - pw)):
+        matmul(w_flipped_mat, colsd_t, out=dx_t[:, columns])
+        if need_param_grads:
+            dw_flipped_mat += x_t[:, columns] @ colsd_t.T
+    dx = xp.permute_dims(xp.reshape(dx_t, (c_in, n, h, wd)), (1, 0, 2, 3))
+    if not need_param_grads:
+        return dx, None
+    dw_flipped = xp.reshape(dw_flipped_mat, (c_in, c_out, kh, kw))
+    dw = xp.permute_dims(xp.flip(dw_flipped, axis=(2, 3)), (1, 0, 2, 3))
+    return dx, xp.asarray(dw, copy=True)
 
 
 # ---- the reference: four nested loops -----------------------------------------
