@@ -285,7 +285,8 @@ def _resumed_settings(args: argparse.Namespace, command: str) -> tuple[dict[str,
             if key == "classes":
                 given = _parse_ints(given, "classes")
             if given != args.parser.get_default(key) and given != saved[key]:
-                ignored.append(f"--{key.replace('_', '-')} {given}")
+                flag = "--from" if key == "source" else "--" + key.replace("_", "-")
+                ignored.append(f"{flag} {given}")
     if args.model is not None or getattr(args, "depth", None) is not None:
         ignored.append("--model/--depth")
     if ignored:

@@ -32,6 +32,7 @@ def learning_curves(history: Sequence[Mapping[str, float]], title: str = "") -> 
     notebook as it is, or save it with ``fig.savefig(path)``.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_err = fig.subplots(1, 2)
@@ -45,9 +46,14 @@ def learning_curves(history: Sequence[Mapping[str, float]], title: str = "") -> 
         best = max(history, key=lambda h: h["test_acc"])
         ax_err.annotate(f"best {100 * (1 - best['test_acc']):.2f}%",
                         (best["epoch"], 100 * (1 - best["test_acc"])),
-                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+                        textcoords="offset points", xytext=(0, -6), ha="center", va="top",
+                        fontsize=8)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="cross-entropy loss")
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="classification error")
+    # linear below 1%, logarithmic above: both the first epochs' 50% and the
+    # last epochs' 0.5% stay readable
+    ax_err.set_yscale("symlog", linthresh=1.0, linscale=0.5)
+    ax_err.yaxis.set_major_formatter(ScalarFormatter())
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
         if ax.lines:
