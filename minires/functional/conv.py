@@ -401,10 +401,12 @@ def conv2d_backward(dout: Array, cache: tuple,
     if not need_param_grads:
         return dx, None, None
     if fast:
-        # Fast path: dw_mat = dout_mat.T @ cols, summed over chunks of images.
-        dw_mat = xp.zeros((c_out, w_mat.shape[1]), dtype=w.dtype)
+        # Fast path: dw_mat = dout_mat.T @ cols, summed over chunks of images;
+        # OpenBLAS computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
+        dw_mat_t = xp.zeros((w_mat.shape[1], c_out), dtype=w.dtype)
         for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
-            dw_mat += dout_t[:, columns] @ cols_t.T
+            dw_mat_t += cols_t @ dout_t[:, columns].T
+        dw_mat = dw_mat_t.T
     else:
         dw_mat = dout_t @ im2col(x, kernel, stride, padding)   # cols, built again
     return dx, xp.reshape(dw_mat, w.shape), db
@@ -457,15 +459,17 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
     w_flipped_mat = xp.reshape(w_flipped, (c_in, c_out * kh * kw))
     x_t = xp.reshape(xp.permute_dims(x, (1, 0, 2, 3)), (c_in, n * h * wd))  # x_mat.T
     dx_t = xp.empty((c_in, n * h * wd), dtype=dout.dtype)
-    dw_flipped_mat = xp.zeros((c_in, c_out * kh * kw), dtype=w.dtype) if need_param_grads else None
+    # dw_flipped_mat.T: OpenBLAS computes colsd.T @ x_mat 1.3 to 1.8x faster
+    # than its transpose x_mat.T @ colsd
+    dw_flipped_t = xp.zeros((c_out * kh * kw, c_in), dtype=w.dtype) if need_param_grads else None
     for columns, colsd_t in im2col_chunks(dout, (kh, kw), 1, (kh - 1 - ph, kw - 1 - pw)):
         matmul(w_flipped_mat, colsd_t, out=dx_t[:, columns])
         if need_param_grads:
-            dw_flipped_mat += x_t[:, columns] @ colsd_t.T
+            dw_flipped_t += colsd_t @ x_t[:, columns].T
     dx = xp.permute_dims(xp.reshape(dx_t, (c_in, n, h, wd)), (1, 0, 2, 3))
     if not need_param_grads:
         return dx, None
-    dw_flipped = xp.reshape(dw_flipped_mat, (c_in, c_out, kh, kw))
+    dw_flipped = xp.reshape(xp.permute_dims(dw_flipped_t, (1, 0)), (c_in, c_out, kh, kw))
     dw = xp.permute_dims(xp.flip(dw_flipped, axis=(2, 3)), (1, 0, 2, 3))
     return dx, xp.asarray(dw, copy=True)
 
