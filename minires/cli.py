@@ -455,6 +455,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``minires evaluate CKPT``: loss and accuracy of a saved model."""
     from .checkpoint import load_checkpoint
     from .data import DataLoader, Normalize
+    from .nn import CrossEntropyLoss
     from .train import evaluate
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -470,12 +471,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model.load_state_dict(ckpt["model_state"])
     x, y = ds[args.split]
     loader = DataLoader(x, y, EVAL_BATCH_SIZE, transform=Normalize(config["mean"], config["std"]))
-    result = evaluate(model, loader)
+    # the loss as training measured it (with its label smoothing), so it matches metrics.json
+    smoothing = float(config.get("label_smoothing") or 0.0)
+    result = evaluate(model, loader, CrossEntropyLoss(smoothing))
     result = {"checkpoint": str(args.checkpoint), "model": config["model"],
-              "epoch": ckpt["epoch"], "dataset": dataset, "split": args.split, **result}
+              "epoch": ckpt["epoch"], "dataset": dataset, "split": args.split,
+              "label_smoothing": smoothing, **result}
     print(json.dumps(result) if args.json else
           f"{config['model']} after epoch {ckpt['epoch']} on {dataset} {args.split} "
-          f"({result['images']} images): loss {result['loss']:.4f}, accuracy "
+          f"({result['images']} images): loss {result['loss']:.4f}"
+          + (f" (label smoothing {smoothing:g})" if smoothing else "") + ", accuracy "
           f"{100 * result['acc']:.2f}% (error {100 * (1 - result['acc']):.2f}%)")
     return 0
 
