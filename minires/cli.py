@@ -424,14 +424,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if pre_config.get("mean") and len(pre_config["mean"]) == config["in_channels"]:
             # keep the pretraining normalization: the backbone's features expect it
             config["mean"], config["std"] = pre_config["mean"], pre_config["std"]
-        old_classes = pre_config.get("num_classes", config["num_classes"])
-        model = build_model({**config, "num_classes": old_classes})
+        old_classes = pre_config.get("num_classes")
+        model = build_model({**config, "num_classes": old_classes or config["num_classes"]})
         missing, unexpected = load_pretrained(model, args.source)
         replace_head(model, config["num_classes"])
         shown = f" ({', '.join(missing)})" if 0 < len(missing) <= 4 else ""
+        replaced = f" replaces the one for {old_classes}" if old_classes else ""
         print(f"loaded {args.source}: {len(missing)} missing{shown}, {len(unexpected)} "
-              f"unexpected keys; a new head (fc) for {config['num_classes']} classes "
-              f"replaces the one for {old_classes}")
+              f"unexpected keys; a new head (fc) for {config['num_classes']} "
+              f"classes{replaced}")
     else:
         model = build_model(config)  # the weights come from the checkpoint
     frozen: list[str] = []

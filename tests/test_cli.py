@@ -303,3 +303,18 @@ def test_limit_threads():
     with cli.limit_threads(1):
         blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_finetune_from_bare_weights_needs_a_model(tmp_path, capsys):
+    from minires.checkpoint import save_state_dict
+    from minires.models import get_model
+
+    save_state_dict(tmp_path / "w.npz", get_model("resnet8", in_channels=1).state_dict())
+    few = ["--classes", "5,6,7", "--per-class", "3", "--epochs", "1", "--quiet"]
+    code, _, err = run(capsys, "finetune", "--from", tmp_path / "w.npz", *few)
+    assert code == 1 and "--model is needed when --from holds bare weights" in err
+    code, text, _ = run(capsys, "finetune", "--from", tmp_path / "w.npz", "--model", "resnet",
+                        "--depth", "8", *few, "--out", tmp_path / "ft")
+    assert code == 0
+    assert "2 missing (fc.weight, fc.bias), 0 unexpected keys; a new head (fc) for 3 classes\n" \
+        in text
