@@ -328,10 +328,7 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
             for _ in range(done):
                 sched.step()
             lrs = [group["lr"] for group in opt.param_groups]
-            saved_sched = trainer.scheduler
-            trainer.scheduler = None
-            trainer.resume(path)
-            trainer.scheduler = saved_sched
+            trainer.resume(path, restore_scheduler=False)
             for group, lr in zip(opt.param_groups, lrs, strict=True):
                 group["lr"] = lr
             print(f"note: {planned} epochs were planned, now {epochs}: the {config['schedule']} "

@@ -312,18 +312,22 @@ class Trainer:
         save_checkpoint(path, **self.state())
         return Path(path)
 
-    def resume(self, path: str | Path) -> dict[str, Any]:
+    def resume(self, path: str | Path, restore_scheduler: bool = True) -> dict[str, Any]:
         """Restore model, optimizer, schedule, epoch, history and random
         generators (the loaders' positions and the initializer's generator)
         from a checkpoint written by ``save``. Returns the loaded checkpoint.
 
         The trainer must have been built like the one that wrote it (same
         model, optimizer parameter groups, schedule type, loaders).
+        ``restore_scheduler=False`` keeps this trainer's schedule as it is (to
+        continue with a re-planned one; the optimizer's lrs are then the saved
+        ones until the caller sets them).
         """
         ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
-        if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
+        if (restore_scheduler and self.scheduler is not None
+                and ckpt.get("scheduler_state") is not None):
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
         rng = ckpt.get("rng_state") or {}
         for name, obj in (("train_loader", self.train_loader), ("test_loader", self.test_loader)):

@@ -1,6 +1,7 @@
 """The `minires` command, end to end, on ResNet-8 and a few hundred digits."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -132,6 +133,11 @@ def test_stop_after_and_resume_with_the_default_schedule(tmp_path, capsys):
     assert cc["epoch"] == 3 and bitwise_equal(cc["model_state"], cd["model_state"])
     code, text, _ = run(capsys, "train", "--resume", c / "checkpoint.npz")
     assert code == 0 and "nothing to do" in text
+    # a longer run than planned: the cosine continues as if planned for 5 epochs
+    code, _, err = run(capsys, "train", "--resume", c / "checkpoint.npz", "--epochs", "5")
+    assert code == 0 and "3 epochs were planned, now 5" in err
+    lrs = [r["lr"] for r in json.loads((c / "metrics.json").read_text())]
+    assert lrs[3:] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 5)) / 2 for e in (3, 4)])
 
 
 def test_divergence_exits_2_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
