@@ -629,6 +629,14 @@ def markdown(report: dict[str, Any]) -> str:
                      f"error {prec['max_rel_error']:.2e} (worst: {prec['worst_parameter']}).")
         lines.append("")
     m = report["machine"]
+    busy = max(m["load_average"][0], report["load_average_after"][0])
+    if busy > 0.5 * m["cores_available"]:
+        lines.append(f"**Busy machine** (1-minute load up to {busy:.1f} on "
+                     f"{m['cores_available']} cores, this run included): a thread pool "
+                     "waits for its descheduled helper thread at every parallel call, so "
+                     "multi-threaded timings are inflated and erratic. Re-run when the "
+                     "machine is quiet, or compare at --threads 1.")
+        lines.append("")
     blas = [p for p in m["thread_pools"] if p.get("user_api") == "blas"]
     kernel = ", ".join(f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
                        for p in blas) or "unknown (threadpoolctl not installed)"
