@@ -629,10 +629,10 @@ def markdown(report: dict[str, Any]) -> str:
                      f"error {prec['max_rel_error']:.2e} (worst: {prec['worst_parameter']}).")
         lines.append("")
     m = report["machine"]
-    busy = max(m["load_average"][0], report["load_average_after"][0])
+    busy = m["load_average"][0]              # before the run: other people's work
     if busy > 0.5 * m["cores_available"]:
-        lines.append(f"**Busy machine** (1-minute load up to {busy:.1f} on "
-                     f"{m['cores_available']} cores, this run included): a thread pool "
+        lines.append(f"**Busy machine** (1-minute load {busy:.1f} on "
+                     f"{m['cores_available']} cores before the run): a thread pool "
                      "waits for its descheduled helper thread at every parallel call, so "
                      "multi-threaded timings are inflated and erratic. Re-run when the "
                      "machine is quiet, or compare at --threads 1.")
