@@ -65,7 +65,8 @@ products in two other ways, each measured on ResNet-20 at batch 128 on a
   an im2col of ``dout`` and one product instead of a product and a col2im
   of nine strided additions; and ``dw`` is a product of ``x`` with those
   same columns, so ``x`` needs no second im2col
-  (``conv2d_backward_by_convolution``). Strided convolutions keep col2im.
+  (``conv2d_backward_by_convolution``). Strided convolutions, and those
+  with more output than input channels (the stem), keep col2im.
 
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are four nested loops:
 slow, obvious, and the reference the fast version is tested against.
@@ -392,10 +393,12 @@ def conv2d_backward(dout: Array, cache: tuple,
     # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
     db = xp.sum(dout_t, axis=1) if has_bias and need_param_grads else None
     fast = backend.is_numpy_like(xp)
-    if fast and stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]:
+    if (fast and stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
+            and c_out <= x.shape[1]):
         # Fast path: dx and dw of a stride-1 convolution from one im2col of
         # dout (module docstring); about 2x faster than col2im and a second
-        # im2col of x.
+        # im2col of x. Only where dout has no more channels than x: the stem
+        # (3 -> 16 channels) is cheaper the plain way, by im2col of x.
         dx, dw = conv2d_backward_by_convolution(dout, x, w, padding, need_param_grads)
         return dx, dw, db
     w_mat = xp.reshape(w, (c_out, -1))
