@@ -324,3 +324,12 @@ def test_finetune_from_bare_weights_needs_a_model(tmp_path, capsys):
     assert code == 0
     assert "2 missing (fc.weight, fc.bias), 0 unexpected keys; a new head (fc) for 3 classes\n" \
         in text
+
+
+def test_missing_cupy_is_a_clear_error(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here")
+    code, _, err = run(capsys, "train", "--backend", "cupy", "--quiet")
+    assert code == 1 and err.startswith("minires train: error: ") and "CuPy" in err
