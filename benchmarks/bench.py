@@ -12,9 +12,11 @@ Three measurements in one run, both libraries at the same thread count:
    backward, SGD with momentum 0.9 and weight decay 1e-4) on float32 inputs
    (N, 3, 32, 32), at batch 32 and 128. Each library runs in its own worker
    process; the parent asks them for one step at a time, alternating round by
-   round, so drift in the machine's load hits both alike. Each worker reports
-   its peak resident memory (``ru_maxrss``) above a baseline taken right after
-   its imports; the minires worker also reports the peak traced by
+   round, so drift in the machine's load hits both alike, with a pause
+   (``--pause``, 0.5 s) before each step so that the thread pools of the
+   other worker have stopped spinning. Each worker reports its peak resident
+   memory (VmHWM, or ``ru_maxrss``) above a baseline taken right after its
+   imports; the minires worker also reports the peak traced by
    ``tracemalloc`` (NumPy registers its buffers there) over one more step.
 3. **float32 accuracy**: the float32 gradient of every ResNet-20 parameter
    against the float64 gradient for the same weights and batch (max-norm
@@ -387,6 +389,11 @@ def bench_steps(batch: int, args: argparse.Namespace, have_torch: bool) -> dict[
         for r in range(args.warmup + args.rounds):
             order = workers if r % 2 == 0 else workers[::-1]
             for w in order:
+                # Let the other worker's idle thread pools stop spinning first
+                # (OpenBLAS and OpenMP threads busy-wait for a while after a
+                # call): without the pause, each library's step is slowed by
+                # the one that ran just before it.
+                time.sleep(args.pause)
                 reply = w.ask("step")
                 losses[w.impl].append(reply["loss"])
                 if r >= args.warmup:
@@ -661,6 +668,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3)")
     p.add_argument("--op-reps", type=int, default=None, help="timed repetitions per op "
                    "(default 7, 5 with --quick)")
+    p.add_argument("--pause", type=float, default=0.5,
+                   help="seconds of rest before each timed step (default 0.5)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads for both libraries (default: the usable cores)")
     p.add_argument("--native-openblas", action="store_true",
