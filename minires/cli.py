@@ -354,8 +354,9 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
         return 2
     except KeyboardInterrupt:
         ckpt = out / "checkpoint.npz"
-        print(f"\ninterrupted after epoch {trainer.epoch}; continue with: minires "
-              f"{config['command']} --resume {ckpt}", file=sys.stderr)
+        hint = (f"continue with: minires {config['command']} --resume {ckpt}"
+                if trainer.epoch > 0 else "no epoch finished, nothing saved")
+        print(f"\ninterrupted after epoch {trainer.epoch}; {hint}", file=sys.stderr)
         return 130
     final = trainer.history[-1]
     print(f"done in {time.perf_counter() - start:.1f} s: epoch {trainer.epoch} of {epochs}, "
@@ -409,6 +410,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                            "PyTorch .pt state dict), unless resuming with --resume")
     if args.model is not None and not args.resume:
         args.model = resolve_model_name(args.model, args.depth)
+    elif args.depth is not None and not args.resume:
+        raise CommandError("--depth goes with --model (a family such as resnet); without "
+                           "--model the checkpoint's architecture is used")
     config, ds, resume = _prepare(args, "finetune")
     if resume is None:
         pre_config: dict[str, Any] = {}

@@ -333,3 +333,29 @@ def test_missing_cupy_is_a_clear_error(capsys):
         pytest.skip("CuPy is installed here")
     code, _, err = run(capsys, "train", "--backend", "cupy", "--quiet")
     assert code == 1 and err.startswith("minires train: error: ") and "CuPy" in err
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes_the_run(tmp_path, capsys,
+                                                                 monkeypatch):
+    """Killed in the middle of epoch 2 (Ctrl-C), resumed: bit-identical to a run
+    that was never interrupted."""
+    calls = []
+    forward = loss_module.CrossEntropyLoss.forward
+
+    def interrupt_in_epoch_2(self, logits, y):
+        calls.append(1)  # epoch 1: 4 training + 2 test batches; epoch 2: batch 2
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return forward(self, logits, y)
+
+    with monkeypatch.context() as m:
+        m.setattr(loss_module.CrossEntropyLoss, "forward", interrupt_in_epoch_2)
+        code, _, err = run(capsys, "train", *TINY, "--epochs", "3", "--out", tmp_path / "k")
+    assert code == 130
+    assert f"interrupted after epoch 1; continue with: minires train --resume " \
+           f"{tmp_path / 'k' / 'checkpoint.npz'}" in err
+    assert run(capsys, "train", "--resume", tmp_path / "k" / "checkpoint.npz")[0] == 0
+    assert run(capsys, "train", *TINY, "--epochs", "3", "--out", tmp_path / "u")[0] == 0
+    a = load_checkpoint(tmp_path / "k" / "checkpoint.npz")
+    b = load_checkpoint(tmp_path / "u" / "checkpoint.npz")
+    assert a["epoch"] == b["epoch"] == 3 and bitwise_equal(a["model_state"], b["model_state"])
