@@ -2,7 +2,7 @@
 
 Every fast path (guarded by ``backend.is_numpy_like``) must give the numbers
 of the portable path, which array-api-strict runs: conv chunked by images and
-its input gradient by convolution, ReLU by maximum and a mask product. Batch
+its input gradient by convolution, both over the shifted grid, ReLU by maximum and a mask product. Batch
 norm has no fast path, but must keep the channel-major layout of the conv
 outputs it receives (the next conv's im2col reads it without a copy). Plus,
 for the whole network, float32 gradients of every ResNet-20 parameter within
@@ -91,6 +91,29 @@ def test_im2col_chunks_tile_the_im2col_matrix(case, chunk_bytes):
     np.testing.assert_array_equal(np.concatenate([blk for _, blk in blocks], axis=1), cols_t)
 
 
+@given(case=conv_cases(), chunk_bytes=st.integers(1, 4000))
+def test_shifted_grid_holds_the_im2col_columns_at_every_output_position(case, chunk_bytes):
+    """At the grid positions that are outputs, the shifted slices are exactly
+    the im2col columns; the rest of the grid is dropped by grid_interior."""
+    x, w, _, _, padding, _ = case
+    kernel = w.shape[2:]
+    assume(padding[0] < kernel[0] and padding[1] < kernel[1])
+    n, c = x.shape[:2]
+    oh, ow = conv.conv2d_output_size(x.shape[2:], kernel, (1, 1), padding)
+    want = conv.im2col(x, kernel, 1, padding, portable=True).T          # (C*KH*KW, N*OH*OW)
+    want = want.reshape(-1, n, oh, ow)
+    seen = []
+    for images, cols_t, grid in conv.shifted_grid(x, kernel, padding, chunk_bytes):
+        assert cols_t.shape == (want.shape[0], (images.stop - images.start) * grid[0] * grid[1])
+        np.testing.assert_array_equal(conv.grid_interior(cols_t, grid, (oh, ow)),
+                                      want[:, images])
+        seen.append(images)
+    assert seen[0].start == 0 and seen[-1].stop == n
+    assert all(a.stop == b.start for a, b in zip(seen, seen[1:], strict=False))
+    with pytest.raises(ValueError, match="padding below the kernel size"):
+        next(conv.shifted_grid(x, kernel, kernel))
+
+
 @pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 2), (0, 1)),
                                              ((1, 1), (0, 0)), ((5, 3), (4, 2))])
 @pytest.mark.parametrize("x_layout", ["nchw", "cnhw"])
@@ -123,6 +146,24 @@ def test_conv_outputs_and_input_grads_keep_the_channel_major_layout(rng, stride)
     for a in (out, dx):
         assert a.dtype == np.float32
         assert a.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def test_gradients_built_from_zeros_keep_the_channel_major_layout(rng):
+    """Global average pooling's dx and option A's shortcut (both directions)
+    are built from zeros: in the conv outputs' layout, so the batch norms
+    and convs they reach read them without a copy."""
+    from minires.functional import pool
+    from minires.nn.blocks import ShortcutA
+
+    x = cnhw(rng.standard_normal((4, 3, 6, 6)).astype(np.float32))
+    _, cache = pool.global_avgpool2d_forward(x)
+    dx = pool.global_avgpool2d_backward(np.ones((4, 3), np.float32), cache)
+    np.testing.assert_array_equal(dx, np.full(x.shape, 1 / 36, np.float32))
+    shortcut = ShortcutA(3, 5, 2)
+    out = shortcut(x)
+    dx_a = shortcut.backward(cnhw(np.ones(out.shape, np.float32)))
+    for a in (dx, out, dx_a):
+        assert a.dtype == np.float32 and a.transpose(1, 0, 2, 3).flags.c_contiguous
 
 
 def test_conv_cache_keeps_x_not_cols(rng):

@@ -26,7 +26,17 @@ import math
 
 from .. import backend
 from ..backend import Array
-from .conv import IntPair, as_pair, check_dout, check_image, check_window, pad2d, unpad2d, window
+from .conv import (
+    IntPair,
+    as_pair,
+    channel_major_zeros,
+    check_dout,
+    check_image,
+    check_window,
+    pad2d,
+    unpad2d,
+    window,
+)
 
 
 def _pool_params(x: Array, kernel_size: IntPair, stride: IntPair | None, padding: IntPair,
@@ -183,4 +193,6 @@ def global_avgpool2d_backward(dout: Array, cache: tuple) -> Array:
     check_dout(dout, (n, c), "global_avgpool2d_backward")
     xp = backend.namespace(dout)
     share = xp.reshape(dout, (n, c, 1, 1)) / (h * w)
-    return xp.zeros((n, c, h, w), dtype=dout.dtype) + share
+    dx = channel_major_zeros(xp, (n, c, h, w), dout.dtype)   # the layout conv outputs have
+    dx += share
+    return dx

@@ -46,6 +46,7 @@ from typing import Any
 from .. import backend
 from ..backend import Array
 from ..functional.add import add_backward, add_forward
+from ..functional.conv import channel_major_zeros
 from .layers import BatchNorm2d, Conv2d, IntPair, ReLU, _pair, check_input
 from .module import Module, Sequential
 
@@ -91,7 +92,7 @@ class ShortcutA(Module):
         xp = backend.namespace(x)
         kept = x[:, :, ::sh, ::sw]                      # subsample: the identity, strided
         n, c, oh, ow = kept.shape
-        out = xp.zeros((n, self.out_planes, oh, ow), dtype=x.dtype)
+        out = channel_major_zeros(xp, (n, self.out_planes, oh, ow), x.dtype)
         out[:, :c, :, :] = kept                         # new channels stay zero
         self._cache = (tuple(x.shape),)
         return out
@@ -104,7 +105,7 @@ class ShortcutA(Module):
         (x_shape,) = self._take_cache()
         sh, sw = self.stride
         xp = backend.namespace(dout)
-        dx = xp.zeros(x_shape, dtype=dout.dtype)
+        dx = channel_major_zeros(xp, x_shape, dout.dtype)
         dx[:, :, ::sh, ::sw] = dout[:, :self.in_planes, :, :]
         return dx
 
