@@ -97,7 +97,14 @@ def namespace(*arrays: Array) -> ModuleType:
     Functional ops call this on their inputs, so they compute wherever the
     data lives, whatever the active backend is.
     """
+    # Shortcut for the common case, all NumPy arrays: array_namespace costs
+    # about 15 us a call, and a ResNet-20 step makes ~1500 of these calls.
+    if arrays and all(type(a) is np.ndarray for a in arrays):
+        return _NUMPY_NAMESPACE
     return array_api_compat.array_namespace(*arrays)
+
+
+_NUMPY_NAMESPACE = array_api_compat.array_namespace(np.empty(0))
 
 
 def is_numpy_like(xp_: ModuleType) -> bool:

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-# NumPy is imported lazily, inside the commands: `main` first sets how many
-# threads BLAS may use, which OpenBLAS reads from the environment when NumPy
-# is first imported (see `limit_threads`).
+# NumPy is imported lazily, inside the commands: `main` first sets the threads
+# (BLAS on one, which OpenBLAS reads from the environment when NumPy is first
+# imported; see `limit_threads`).
 
 # `minires train` with no arguments: a CIFAR-style ResNet-20 on the bundled digits
 # (random crops after 1 pixel of padding). Chosen to reach >= 98% test accuracy
@@ -573,8 +573,8 @@ def _add_backend(p: argparse.ArgumentParser, top: bool = False) -> None:
                    default=None if top else argparse.SUPPRESS,
                    help="array backend (default: $MINIRES_BACKEND or numpy)")
     p.add_argument("--threads", type=int, default=None if top else argparse.SUPPRESS,
-                   help="BLAS threads (default 1, or as $OPENBLAS_NUM_THREADS / "
-                        "$OMP_NUM_THREADS say; more can help large images)")
+                   help="CPU threads (default: the usable cores, or $MINIRES_THREADS); "
+                        "BLAS runs on one thread")
 
 
 def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> None:
@@ -709,35 +709,50 @@ _THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS
 
 
 def limit_threads(threads: int | None) -> contextlib.AbstractContextManager:
-    """Limit the BLAS library to ``threads`` threads while a command runs.
+    """Run a command on ``threads`` CPU threads, with BLAS on one thread.
 
-    ``None`` means 1, unless one of ``OPENBLAS_NUM_THREADS``,
-    ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` is set (then it is left alone).
-    One thread is the default because the matrices of a CIFAR-style ResNet on
-    small images are too small to share out (a ResNet-20 epoch on the digits
-    took 1.8 s with one thread and 11 to 32 s with two, on two cores shared
-    with other work: waiting threads spin and stall each other).
+    minires splits each convolution's images, and batch norm's and ReLU's
+    channels, over its own threads (``minires.parallel``); BLAS then runs one
+    thread per call, because the matrices of a CIFAR-style ResNet are too
+    small to share out (a ResNet-20 epoch on the digits took 1.8 s with one
+    BLAS thread and 11 to 32 s with two, on two cores shared with other
+    work: waiting BLAS threads spin and stall each other; minires's threads
+    wait without spinning).
 
-    Before NumPy is imported (the ``minires`` command) this sets the
-    environment variables the BLAS reads at load time; afterwards (``main``
-    called from Python) it uses ``threadpoolctl`` when installed, else does
-    nothing. Returns a context manager.
+    ``None`` means the usable cores, unless ``MINIRES_THREADS`` is set (then
+    it is left alone). Before NumPy is imported (the ``minires`` command)
+    this sets ``MINIRES_THREADS`` and the environment variables the BLAS
+    reads at load time; afterwards (``main`` called from Python) it sets
+    them through ``minires.parallel`` and ``threadpoolctl`` for the
+    command's duration. Returns a context manager.
     """
     if threads is None:
-        if any(v in os.environ for v in _THREAD_VARIABLES):
+        if "MINIRES_THREADS" in os.environ:
             return contextlib.nullcontext()
-        threads = 1
+        threads = len(os.sched_getaffinity(0))
     if threads < 1:
         raise CommandError(f"--threads must be positive, got {threads}")
     if "numpy" not in sys.modules:
+        os.environ["MINIRES_THREADS"] = str(threads)
         for v in _THREAD_VARIABLES:
-            os.environ[v] = str(threads)
+            os.environ[v] = "1"
         return contextlib.nullcontext()
+    return _threads_while_running(threads)
+
+
+@contextlib.contextmanager
+def _threads_while_running(threads: int):
+    from threadpoolctl import threadpool_limits
+
+    from . import parallel
+
+    before = parallel.threads()
+    parallel.set_threads(threads)     # first: set_threads(1) hands BLAS its threads back
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        parallel.set_threads(before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -305,10 +305,22 @@ def test_select_classes_relabels_in_the_given_order():
 
 
 def test_limit_threads():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with cli.limit_threads(1):
-        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-        assert blas and all(i["num_threads"] == 1 for i in blas)
+    """--threads N: minires's own threads for the command, BLAS on one; both
+    restored afterwards."""
+    import threadpoolctl
+
+    from minires import parallel
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    before, blas_before = parallel.threads(), blas_threads()
+    for n in (1, 3):
+        with cli.limit_threads(n):
+            assert parallel.threads() == n
+            assert blas_threads() and all(t == 1 for t in blas_threads())
+        assert parallel.threads() == before and blas_threads() == blas_before
 
 
 def test_finetune_from_bare_weights_needs_a_model(tmp_path, capsys):

@@ -257,7 +257,16 @@ def test_small_resnet_fast_paths_match_portable(rng):
 
 
 def test_resnet20_float32_gradients_agree_with_float64():
-    """Max-norm relative error of each float32 parameter gradient <= 1e-4."""
+    """Max-norm relative error of each float32 parameter gradient <= 1e-4.
+
+    The weights are seeded: for a few draws (init seed 1, say) a pre-activation
+    lies within float32's rounding of 0, its ReLU is on in one precision and
+    off in the other, and that single unit moves a weight gradient by ~1e-2
+    relative. That is the kink of ReLU, not lost accuracy; the seed keeps
+    the test about accumulation error and independent of test order."""
+    from minires import nn
+
+    nn.init.manual_seed(0)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 3, 32, 32)), rng.integers(0, 10, 8)
     model64 = resnet_cifar(20, dtype="float64")
@@ -269,3 +278,79 @@ def test_resnet20_float32_gradients_agree_with_float64():
     assert len(errors) == 59             # 19 convs, 19 batch norms (2 each), fc (2)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-4, (worst, errors[worst])
+
+
+# ---- threads (minires.parallel) ---------------------------------------------------
+
+def test_parts_cover_the_range_in_order():
+    from minires.parallel import parts
+
+    assert parts(5, 2) == [slice(0, 2), slice(2, 5)]
+    assert parts(2, 8) == [slice(0, 1), slice(1, 2)]
+    assert parts(7, 1) == [slice(0, 7)]
+    for n, k in [(1, 3), (10, 3), (128, 2)]:
+        got = parts(n, k)
+        assert got[0].start == 0 and got[-1].stop == n
+        assert all(a.stop == b.start and a.stop > a.start for a, b in zip(got, got[1:],
+                                                                        strict=False))
+
+
+@pytest.fixture
+def threads():
+    """Set minires's thread count for one test, restoring it afterwards."""
+    from minires import parallel
+
+    before = parallel.threads()
+    yield parallel.set_threads
+    parallel.set_threads(before)
+
+
+def _conv_bn_relu(x, w, stride, padding, dout, gamma, beta):
+    out, c_cache = conv.conv2d_forward(x, w, None, stride, padding)
+    y, b_cache = norm.batchnorm_forward(out, gamma, beta, None, None)
+    z, r_cache = activation.relu_forward(y)
+    dy = activation.relu_backward(dout, r_cache)
+    dout_bn, dgamma, dbeta, *_ = norm.batchnorm_backward(dy, b_cache)
+    dx, dw, _ = conv.conv2d_backward(dout_bn, c_cache)
+    return z, dx, dw, dgamma, dbeta
+
+
+@pytest.mark.parametrize("stride, c_in, c_out", [(1, 4, 4), (1, 2, 5), (2, 3, 6)])
+def test_threads_give_the_single_thread_numbers(rng, threads, stride, c_in, c_out):
+    """Convolution (every fast path: the shifted grid, col2im, stride 2), batch
+    norm and ReLU on 1, 2 and 3 threads, on a batch of 5 images (uneven
+    parts): the same numbers up to rounding in the weight-gradient sums."""
+    x = cnhw(rng.standard_normal((5, c_in, 9, 7)))
+    w = rng.standard_normal((c_out, c_in, 3, 3))
+    gamma, beta = rng.uniform(0.5, 1.5, c_out), rng.standard_normal(c_out)
+    oh, ow = conv.conv2d_output_size((9, 7), (3, 3), (stride, stride), (1, 1))
+    dout = rng.standard_normal((5, c_out, oh, ow))
+    results = {}
+    for n in (1, 2, 3):
+        threads(n)
+        results[n] = _conv_bn_relu(x, w, stride, 1, dout, gamma, beta)
+    for n in (2, 3):
+        for name, a, b in zip(("out", "dx", "dw", "dgamma", "dbeta"), results[n], results[1],
+                              strict=True):
+            assert a.shape == b.shape and rel(a, b) <= 1e-13, (n, name)
+
+
+def test_threads_step_aside_when_blas_is_multithreaded(threads):
+    """Two threads calling a multi-threaded OpenBLAS at once can give wrong
+    products: over_images runs the work once, on all images, then."""
+    from threadpoolctl import threadpool_limits
+
+    from minires import parallel
+
+    threads(2)
+    calls = []
+    assert parallel.over_images(calls.append, 6, np) == [None, None]
+    assert calls == [slice(0, 3), slice(3, 6)] or calls == [slice(3, 6), slice(0, 3)]
+    with threadpool_limits(limits=2, user_api="blas"):
+        calls.clear()
+        parallel.over_images(calls.append, 6, np)
+        assert calls == [slice(0, 6)]
+    threads(1)
+    calls.clear()
+    parallel.over_images(calls.append, 6, np)
+    assert calls == [slice(0, 6)]

@@ -324,8 +324,10 @@ def test_modules_run_under_array_api_strict(rng):
 
     nn.init.manual_seed(5)
     ref = small_net("float64")
-    x = rng.standard_normal((2, 3, 8, 8))
-    dout = rng.standard_normal((2, 3))
+    # batch 4: with 2 images BatchNorm1d's dx is rounding noise (xhat = +-1),
+    # and the threaded NumPy path rounds differently from the portable one
+    x = rng.standard_normal((4, 3, 8, 8))
+    dout = rng.standard_normal((4, 3))
     out_ref = ref(x)
     dx_ref = ref.backward(dout)
     try:

@@ -83,7 +83,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from .. import backend
+from .. import backend, parallel
 from ..backend import Array
 
 IntPair = int | tuple[int, int]
@@ -432,27 +432,17 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     n, c_out = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
     w_mat = xp.reshape(w, (c_out, -1))                   # (C_out, C_in*KH*KW)
-    fast = backend.is_numpy_like(xp)
-    if fast and stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]:
-        # Fast path for stride 1 (module docstring): the same product over
-        # the columns of shifted_grid, chunk by chunk of images, keeping
-        # only the grid positions that are outputs.
-        out_t = xp.empty((c_out, n, oh, ow), dtype=x.dtype)
-        for images, cols_t, grid in shifted_grid(x, kernel, padding):
-            out_grid = grid_product(cols_t, w_mat)
-            out_t[:, images] = grid_interior(out_grid, grid, (oh, ow))
-        out_t = xp.reshape(out_t, (c_out, n * oh * ow))
-    elif fast:
+    if backend.is_numpy_like(xp):
         # Fast path (module docstring): out_mat = cols @ w_mat.T chunk by
-        # chunk of images, each written into its rows of out_mat (columns of
-        # out.T). About 1.5x faster on ResNet-20's 16-channel layers than one
-        # full-size cols. In this orientation OpenBLAS splits the output
-        # pixels across threads (1.3 to 1.6x on 2 cores); w_mat @ cols.T,
-        # with only C_out rows, hardly gains from a second thread.
-        matmul = backend.native(xp).matmul
-        out_t = xp.empty((c_out, n * oh * ow), dtype=x.dtype)
-        for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
-            matmul(cols_t.T, w_mat.T, out=out_t[:, columns].T)
+        # chunk of images, over the shifted grid for stride 1, else over
+        # im2col_chunks; each product is written into its rows of out_mat
+        # (columns of out.T). About 1.5x faster on ResNet-20's 16-channel
+        # layers than one full-size cols. The images are split over the CPU
+        # threads (minires.parallel).
+        out_t = xp.empty((c_out, n, oh, ow), dtype=x.dtype)
+        parallel.over_images(lambda images: _forward_images(x[images], w, stride, padding,
+                                                            out_t[:, images]), n, xp)
+        out_t = xp.reshape(out_t, (c_out, n * oh * ow))
     else:
         cols = im2col(x, kernel, stride, padding)        # (N*OH*OW, C_in*KH*KW)
         # out = cols @ w_mat.T, computed as its transpose (module docstring):
@@ -462,6 +452,27 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     out = xp.permute_dims(xp.reshape(out_t, (c_out, n, oh, ow)), (1, 0, 2, 3))
     cache = (x, w, b is not None, stride, padding)
     return out, cache
+
+
+def _forward_images(x: Array, w: Array, stride: tuple[int, int], padding: tuple[int, int],
+                    out_t: Array) -> None:
+    """The fast forward loop for some images ``x``: ``out_t`` (C_out, n, OH, OW),
+    a view into the output, receives ``w_mat @ cols.T``."""
+    xp = backend.namespace(x, w)
+    c_out, n, oh, ow = out_t.shape
+    kernel = tuple(w.shape[2:])
+    w_mat = xp.reshape(w, (c_out, -1))
+    if stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]:
+        # only the grid positions that are outputs are kept
+        for images, cols_t, grid in shifted_grid(x, kernel, padding):
+            out_t[:, images] = grid_interior(grid_product(cols_t, w_mat), grid, (oh, ow))
+        return
+    # In this orientation OpenBLAS splits the output pixels across threads
+    # (1.3 to 1.6x on 2 cores); w_mat @ cols.T, with only C_out rows, hardly
+    # gains from a second thread.
+    out_mat_t = xp.reshape(out_t, (c_out, n * oh * ow))
+    for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
+        backend.native(xp).matmul(cols_t.T, w_mat.T, out=out_mat_t[:, columns].T)
 
 
 def conv2d_backward(dout: Array, cache: tuple,
@@ -506,20 +517,43 @@ def conv2d_backward(dout: Array, cache: tuple,
         dx, dw = conv2d_backward_by_convolution(dout, x, w, padding, need_param_grads)
         return dx, dw, db
     w_mat = xp.reshape(w, (c_out, -1))
+    if fast:
+        # Fast path: the same products, the images split over the CPU threads
+        # (minires.parallel), each part's dw_mat summed over chunks of images.
+        dx = channel_major_zeros(xp, tuple(x.shape), x.dtype)
+        shares = parallel.over_images(
+            lambda images: _backward_images(dout[images], x[images], w_mat, kernel, stride,
+                                            padding, dx[images], need_param_grads), n, xp)
+        if not need_param_grads:
+            return dx, None, None
+        return dx, xp.reshape(sum(shares[1:], shares[0]).T, w.shape), db
     dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
     dx = col2im(dcols, tuple(x.shape), kernel, stride, padding)
     if not need_param_grads:
         return dx, None, None
-    if fast:
-        # Fast path: dw_mat = dout_mat.T @ cols, summed over chunks of images;
-        # OpenBLAS computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
-        dw_mat_t = xp.zeros((w_mat.shape[1], c_out), dtype=w.dtype)
-        for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
-            dw_mat_t += cols_t @ dout_t[:, columns].T
-        dw_mat = dw_mat_t.T
-    else:
-        dw_mat = dout_t @ im2col(x, kernel, stride, padding)   # cols, built again
+    dw_mat = dout_t @ im2col(x, kernel, stride, padding)   # cols, built again
     return dx, xp.reshape(dw_mat, w.shape), db
+
+
+def _backward_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[int, int],
+                     stride: tuple[int, int], padding: tuple[int, int], dx: Array,
+                     need_param_grads: bool) -> Array | None:
+    """The fast backward loop by col2im for some images: writes their input
+    gradient into ``dx`` (a view into the whole dx) and returns their share
+    of ``dw_mat.T`` (C_in*KH*KW, C_out), or None."""
+    xp = backend.namespace(dout, x, w_mat)
+    n, c_out, oh, ow = dout.shape
+    dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
+    dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
+    dx[...] = col2im(dcols, tuple(x.shape), kernel, stride, padding)
+    if not need_param_grads:
+        return None
+    # dw_mat = dout_mat.T @ cols, summed over chunks of images; OpenBLAS
+    # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
+    dw_mat_t = xp.zeros((w_mat.shape[1], c_out), dtype=w_mat.dtype)
+    for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
+        dw_mat_t += cols_t @ dout_t[:, columns].T
+    return dw_mat_t
 
 
 def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: IntPair = 0,
@@ -567,9 +601,34 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
     w_flipped = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))   # (C_in, C_out, KH, KW)
     w_flipped_mat = xp.reshape(w_flipped, (c_in, c_out * kh * kw))
     dx_t = xp.empty((c_in, n, h, wd), dtype=dout.dtype)
+    # the images split over the CPU threads (minires.parallel); each part
+    # returns its share of dw_flipped_mat.T
+    shares = parallel.over_images(
+        lambda images: _backward_by_convolution_images(dout[images], x[images], w_flipped_mat,
+                                                       (kh, kw), (ph, pw), dx_t[:, images],
+                                                       need_param_grads), n, xp)
+    dx = xp.permute_dims(dx_t, (1, 0, 2, 3))
+    if not need_param_grads:
+        return dx, None
+    dw_flipped_t = sum(shares[1:], shares[0])
+    dw_flipped = xp.reshape(xp.permute_dims(dw_flipped_t, (1, 0)), (c_in, c_out, kh, kw))
+    dw = xp.permute_dims(xp.flip(dw_flipped, axis=(2, 3)), (1, 0, 2, 3))
+    return dx, xp.asarray(dw, copy=True)
+
+
+def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
+                                    kernel: tuple[int, int], padding: tuple[int, int],
+                                    dx_t: Array, need_param_grads: bool) -> Array | None:
+    """The loop of ``conv2d_backward_by_convolution`` for some images: their
+    dx goes into ``dx_t`` (C_in, n, H, W), a view into the whole; returns their
+    share of ``dw_flipped_mat.T`` (C_out*KH*KW, C_in), or None."""
+    xp = backend.namespace(dout, x, w_flipped_mat)
+    c_in = x.shape[1]
+    (kh, kw), (ph, pw), (h, wd) = kernel, padding, x.shape[2:]
     # dw_flipped_mat.T: OpenBLAS computes colsd.T @ x_mat 1.3 to 1.8x faster
     # than its transpose x_mat.T @ colsd
-    dw_flipped_t = xp.zeros((c_out * kh * kw, c_in), dtype=w.dtype) if need_param_grads else None
+    dw_flipped_t = xp.zeros((w_flipped_mat.shape[1], c_in), dtype=x.dtype) \
+        if need_param_grads else None
     x_grid = None
     for images, colsd_t, grid in shifted_grid(dout, (kh, kw), (kh - 1 - ph, kw - 1 - pw)):
         dx_t[:, images] = grid_interior(grid_product(colsd_t, w_flipped_mat), grid, (h, wd))
@@ -581,12 +640,7 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
                 x_grid = xp.zeros((c_in, m, *grid), dtype=x.dtype)
             x_grid[:, :m, :h, :wd] = xp.permute_dims(x[images], (1, 0, 2, 3))
             dw_flipped_t += colsd_t @ xp.reshape(x_grid[:, :m], (c_in, -1)).T
-    dx = xp.permute_dims(dx_t, (1, 0, 2, 3))
-    if not need_param_grads:
-        return dx, None
-    dw_flipped = xp.reshape(xp.permute_dims(dw_flipped_t, (1, 0)), (c_in, c_out, kh, kw))
-    dw = xp.permute_dims(xp.flip(dw_flipped, axis=(2, 3)), (1, 0, 2, 3))
-    return dx, xp.asarray(dw, copy=True)
+    return dw_flipped_t
 
 
 # ---- the reference: four nested loops -----------------------------------------

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import backend
+from .. import backend, parallel
 from ..backend import Array
 
 
@@ -56,7 +56,7 @@ class BatchNormCache(NamedTuple):
     """What ``batchnorm_backward`` (and ``batchnorm_running_update``) need."""
 
     training: bool       # batch statistics (True) or running statistics (False)
-    xhat: Array          # normalized input, shape of x
+    xc: Array            # centred input, shape of x: x - mean (eval: x - running_mean)
     gamma: Array         # (C,)
     inv_std: Array       # (C,) 1 / sqrt(var + eps)
     mean: Array | None   # (C,) batch mean; None in eval mode
@@ -88,12 +88,18 @@ def channel_rows(a: Array) -> Array:
 def channel_sum(a: Array) -> Array:
     """Per-channel sum of ``a`` (N, C, H, W) over (N, H, W), or of (N, C) over N.
 
-    Returns (C,): ``channel_rows(a) @ ones``, a matrix-vector product in
-    BLAS, accurate in float32 (module docstring).
+    Returns (C,): one product ``row @ ones`` per channel in BLAS, accurate in
+    float32 (module docstring).
     """
     xp = backend.namespace(a)
     rows = channel_rows(a)
-    return rows @ xp.ones(rows.shape[1], dtype=a.dtype)
+    c, m = rows.shape
+    # a stack of C products (1, M) @ (M, 1), not one (C, M) @ (M,): each
+    # channel's sum is then the same whichever other channels are summed in
+    # the same call (BLAS's matrix-vector kernels take rows in blocks), so the
+    # threaded fast path gives the plain path's numbers to the last bit
+    sums = xp.matmul(xp.reshape(rows, (c, 1, m)), xp.ones((m, 1), dtype=a.dtype))
+    return xp.reshape(sums, (c,))
 
 
 def channel_dot(a: Array, b: Array) -> Array:
@@ -162,20 +168,22 @@ def batchnorm_forward(x: Array, gamma: Array, beta: Array, running_mean: Array |
         if count < 2:
             raise ValueError(f"{op}: expected more than 1 value per channel when training, "
                              f"got input of shape {tuple(x.shape)}")
+        if backend.is_numpy_like(xp):
+            # Fast path: the same arithmetic, split over the CPU threads
+            return _forward_training_fast(x, gamma, beta, eps, count)
         mean = channel_sum(x) / count
-        xc = x - per_channel(mean, ndim)
+        xc = x - per_channel(mean, ndim)                # x centred: xhat = xc * inv_std
         var = channel_dot(xc, xc) / count               # biased, as PyTorch normalizes
         inv_std = 1.0 / xp.sqrt(var + eps)
-        xhat = xc                                       # xc is our own array: scale it
-        xhat *= per_channel(inv_std, ndim)              # in place (saves a full-size buffer)
     else:
         mean = var = None
         inv_std = 1.0 / xp.sqrt(running_var + eps)
-        xhat = x - per_channel(running_mean, ndim)
-        xhat *= per_channel(inv_std, ndim)
-    out = xhat * per_channel(gamma, ndim)               # out = gamma * xhat + beta
+        xc = x - per_channel(running_mean, ndim)
+    # out = gamma * xhat + beta = (gamma * inv_std) * xc + beta: xhat itself is
+    # never formed (one full-size pass fewer); the cache keeps xc.
+    out = xc * per_channel(gamma * inv_std, ndim)
     out += per_channel(beta, ndim)
-    return out, BatchNormCache(bool(training), xhat, gamma, inv_std, mean, var, count)
+    return out, BatchNormCache(bool(training), xc, gamma, inv_std, mean, var, count)
 
 
 def batchnorm_running_update(running_mean: Array, running_var: Array, cache: BatchNormCache,
@@ -222,24 +230,86 @@ def batchnorm_backward(dout: Array, cache: BatchNormCache, need_param_grads: boo
     None, None : for ``running_mean`` and ``running_var``, so that the
         positions line up with ``batchnorm_forward``'s arguments
     """
-    xhat, gamma, inv_std, m = cache.xhat, cache.gamma, cache.inv_std, cache.count
-    if tuple(dout.shape) != tuple(xhat.shape):
-        raise ValueError(f"batchnorm_backward: expected dout of shape {tuple(xhat.shape)}, "
+    xc, gamma, inv_std, m = cache.xc, cache.gamma, cache.inv_std, cache.count
+    if tuple(dout.shape) != tuple(xc.shape):
+        raise ValueError(f"batchnorm_backward: expected dout of shape {tuple(xc.shape)}, "
                          f"got {tuple(dout.shape)}")
-    ndim = xhat.ndim
+    ndim = xc.ndim
     dgamma = dbeta = None
     if need_param_grads or cache.training:
         dbeta = channel_sum(dout)
-        dgamma = channel_dot(dout, xhat)
+        dgamma = channel_dot(dout, xc) * inv_std        # sum(dout * xhat), xhat = xc * inv_std
+    if cache.training and backend.is_numpy_like(backend.namespace(dout, xc)):
+        # Fast path: the same arithmetic, split over the CPU threads
+        dx, dgamma, dbeta = _backward_training_fast(dout, cache)
+        if not need_param_grads:
+            dgamma = dbeta = None
+        return dx, dgamma, dbeta, None, None
     if cache.training:
-        # dx = gamma * inv_std / M * (M * dout - dbeta - xhat * dgamma), built in place
-        # in one new buffer (about a third faster than the one-line expression)
-        dx = dout * m
-        dx -= per_channel(dbeta, ndim)
-        dx -= xhat * per_channel(dgamma, ndim)
-        dx *= per_channel(gamma * inv_std / m, ndim)
+        # dx = gamma * inv_std * (dout - dbeta / M - xhat * dgamma / M), built
+        # in place in one new buffer, starting from the xhat term (4 passes
+        # over the data; the one-line expression takes 7 and 4 buffers)
+        dx = xc * per_channel(-inv_std * dgamma / m, ndim)
+        dx += dout
+        dx -= per_channel(dbeta / m, ndim)
+        dx *= per_channel(gamma * inv_std, ndim)
     else:
         dx = dout * per_channel(gamma * inv_std, ndim)
     if not need_param_grads:
         dgamma = dbeta = None
     return dx, dgamma, dbeta, None, None
+
+
+# ---- fast path: the channels split over the CPU threads (NumPy/CuPy) -----------
+#
+# Batch norm is independent channel by channel, so the channels can be cut
+# into parts (minires.parallel.over_channels) that run at the same time. Each
+# part repeats the arithmetic of the functions above on its slice of the
+# channels, writing into its slices of preallocated arrays through ``out=``
+# (outside the Array API standard), so no full-size temporary is made. On
+# ResNet-20 at batch 128 on 2 cores, batch norm takes about 0.6x the time of
+# the plain code. The tests check both paths against each other.
+
+def _forward_training_fast(x: Array, gamma: Array, beta: Array, eps: float,
+                           count: int) -> tuple[Array, BatchNormCache]:
+    """``batchnorm_forward`` in training mode, part by part of the channels."""
+    xp = backend.namespace(x)
+    lib, ndim = backend.native(xp), x.ndim
+    out, xc = lib.empty_like(x), lib.empty_like(x)
+
+    def channels(ch: slice) -> tuple[Array, Array, Array]:
+        x_part, xc_part, out_part = x[:, ch], xc[:, ch], out[:, ch]
+        mean = channel_sum(x_part) / count
+        lib.subtract(x_part, per_channel(mean, ndim), out=xc_part)
+        var = channel_dot(xc_part, xc_part) / count
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        lib.multiply(xc_part, per_channel(gamma[ch] * inv_std, ndim), out=out_part)
+        out_part += per_channel(beta[ch], ndim)
+        return mean, var, inv_std
+
+    parts = parallel.over_channels(channels, x.shape[1], xp)
+    mean, var, inv_std = (xp.concat([p[k] for p in parts]) for k in range(3))
+    return out, BatchNormCache(True, xc, gamma, inv_std, mean, var, count)
+
+
+def _backward_training_fast(dout: Array, cache: BatchNormCache) -> tuple[Array, Array, Array]:
+    """``batchnorm_backward`` for a training-mode cache, part by part of the
+    channels: returns ``(dx, dgamma, dbeta)``."""
+    xc, gamma, inv_std, m = cache.xc, cache.gamma, cache.inv_std, cache.count
+    xp = backend.namespace(dout, xc)
+    lib, ndim = backend.native(xp), xc.ndim
+    dx = lib.empty_like(dout)
+
+    def channels(ch: slice) -> tuple[Array, Array]:
+        dout_part, xc_part, dx_part = dout[:, ch], xc[:, ch], dx[:, ch]
+        dbeta = channel_sum(dout_part)
+        dgamma = channel_dot(dout_part, xc_part) * inv_std[ch]
+        lib.multiply(xc_part, per_channel(-inv_std[ch] * dgamma / m, ndim), out=dx_part)
+        dx_part += dout_part
+        dx_part -= per_channel(dbeta / m, ndim)
+        dx_part *= per_channel(gamma[ch] * inv_std[ch], ndim)
+        return dgamma, dbeta
+
+    parts = parallel.over_channels(channels, xc.shape[1], xp)
+    dgamma, dbeta = (xp.concat([p[k] for p in parts]) for k in range(2))
+    return dx, dgamma, dbeta
