@@ -74,6 +74,11 @@ products in three other ways, each measured on ResNet-20 at batch 128 on a
   runs of OW numbers. The forward pass and both backward products of stride-1
   convolutions use it; about 1.2x on the whole ResNet-20 step.
 
+On NumPy, the fast paths also split the images of a batch over the CPU
+threads (``minires.parallel``): each thread runs the loop above on its own
+images, with single-threaded products, and the parts' weight gradients are
+added up.
+
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are four nested loops:
 slow, obvious, and the reference the fast version is tested against.
 """
