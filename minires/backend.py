@@ -117,6 +117,13 @@ def is_numpy_like(xp_: ModuleType) -> bool:
     return array_api_compat.is_numpy_namespace(xp_) or array_api_compat.is_cupy_namespace(xp_)
 
 
+def is_numpy(xp_: ModuleType) -> bool:
+    """True for the NumPy namespace only: for fast paths that pay off on the
+    CPU but not on a GPU (where, say, a check that reads a result back to
+    the host stalls the device's queue)."""
+    return array_api_compat.is_numpy_namespace(xp_)
+
+
 def native(xp_: ModuleType) -> ModuleType:
     """The underlying library (``numpy`` or ``cupy``) of a NumPy-like namespace."""
     if array_api_compat.is_numpy_namespace(xp_):

@@ -96,6 +96,18 @@ IntPair = int | tuple[int, int]
 # Fast path: bytes of the im2col matrix per chunk of images (see the module
 # docstring). A few MB fit the CPU cache; much larger chunks were slower.
 CHUNK_BYTES = 4 * 2**20
+# On a GPU (CuPy) the cache argument does not hold and every chunk costs
+# kernel launches: chunks there are as large as this allows.
+GPU_CHUNK_BYTES = 1024 * 2**20
+
+
+def _chunk_images(n: int, per_image: int, x: Array, chunk_bytes: int | None) -> int:
+    """Images per chunk: as many as fit in ``chunk_bytes`` (default
+    ``CHUNK_BYTES``, or ``GPU_CHUNK_BYTES`` on CuPy), at least one."""
+    if chunk_bytes is None:
+        on_gpu = type(x).__module__.startswith("cupy")
+        chunk_bytes = GPU_CHUNK_BYTES if on_gpu else CHUNK_BYTES
+    return max(1, min(n, chunk_bytes // (per_image * x.itemsize)))
 
 
 # ---- small helpers shared with pool.py ----------------------------------------
@@ -296,7 +308,7 @@ def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: 
     as_strided = backend.native(xp).lib.stride_tricks.as_strided
     n, c, h, w = x.shape
     per_image = c * kh * kw * oh * ow                 # entries of cols.T per image
-    chunk = max(1, min(n, (chunk_bytes or CHUNK_BYTES) // (per_image * x.itemsize)))
+    chunk = _chunk_images(n, per_image, x, chunk_bytes)
     # The padded chunk, stored (C, n_chunk, H, W) like the rows of cols.T; its
     # border is zeroed once and never written again.
     padded = xp.zeros((c, chunk, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
@@ -354,7 +366,7 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     n, c, h, w = x.shape
     hg, wg = h + max(ph, kh - 1 - ph), w + max(pw, kw - 1 - pw)
     per_image = c * kh * kw * hg * wg                # entries of cols_t per image
-    chunk = max(1, min(n, (chunk_bytes or CHUNK_BYTES) // (per_image * x.itemsize)))
+    chunk = _chunk_images(n, per_image, x, chunk_bytes)
     # flat[c, lead + n*Hg*Wg + h*Wg + w] holds x[n, c, h, w]; ``lead`` zeros in
     # front serve as the top and left padding of the first image, and the
     # tail as the bottom and right padding of the last. Only the interior is
