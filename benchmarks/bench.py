@@ -505,9 +505,16 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
     return m_fwd, m_bwd, dm, torch_forward, torch_backward
 
 
+OP_PAUSE = 0.05   # seconds of rest before each library's turn at an op
+
+
 def bench_ops(batch: int, reps: int, torch: Any) -> list[dict[str, Any]]:
     """Median forward and backward time of each op, minires and torch timed
-    back to back in every repetition (one warm-up repetition first)."""
+    back to back in every repetition (one warm-up repetition first), with a
+    short rest before each library's turn: torch's OpenMP threads busy-wait
+    after an op and would slow minires's threads if it ran straight after
+    (without the rest, minires's forward convolutions, timed right after
+    torch's backward, took up to twice as long)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -517,6 +524,7 @@ def bench_ops(batch: int, reps: int, torch: Any) -> list[dict[str, Any]]:
         times: dict[str, list[float]] = {"minires_fwd": [], "minires_bwd": [],
                                          "torch_fwd": [], "torch_bwd": []}
         for r in range(reps + 1):
+            time.sleep(OP_PAUSE)
             t0 = time.perf_counter()
             _, cache = m_fwd()
             t1 = time.perf_counter()
@@ -528,6 +536,7 @@ def bench_ops(batch: int, reps: int, torch: Any) -> list[dict[str, Any]]:
                 times["minires_bwd"].append(t2 - t1)
             if t_fwd is None:
                 continue
+            time.sleep(OP_PAUSE)
             t0 = time.perf_counter()
             out = t_fwd()
             t1 = time.perf_counter()
