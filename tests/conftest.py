@@ -3,7 +3,11 @@
 - Tests marked ``gpu`` run only where CuPy and a GPU are usable.
 - With ``MINIRES_CI=1`` (set by ``.ci/run``) any skipped test other than a
   ``gpu`` one fails the session: in CI the PyTorch cross-checks must run.
-- ``MINIRES_BACKEND=cupy pytest`` runs the whole suite on the GPU backend.
+- CuPy is covered by ``tests/test_gpu.py`` (``python -m pytest -m gpu``):
+  every op, block and model builder, float32, the optimizers, a checkpoint
+  and a Trainer run on the GPU against NumPy. The rest of the suite builds
+  NumPy inputs, so ``MINIRES_BACKEND=cupy`` does not move it to the GPU
+  (modules would hold CuPy parameters and receive NumPy arrays).
 """
 
 from __future__ import annotations
