@@ -1,31 +1,37 @@
-"""Run a convolution's images on several CPU threads (NumPy backend only).
+"""Run the work of one op on several CPU threads (NumPy backend only).
 
 Why: the matrices of a CIFAR ResNet are small (16 to 64 output channels).
 OpenBLAS splits one such product over two cores poorly, and everything
-around the products (the im2col copies, picking the outputs off the grid)
-runs on one core in NumPy. Splitting the *images* of a batch instead, one
-contiguous part per thread, each thread running the whole loop of copies
-and single-threaded products on its own part, keeps every core busy: on
-ResNet-20's 3x3 convolutions at batch 128 on 2 cores, 1.5 to 1.7x faster
-than one thread driving a 2-threaded BLAS.
+around the products (the im2col copies, picking the outputs off the grid,
+batch norm, ReLU) runs on one core in NumPy. Splitting the *images* of a
+convolution's batch instead, one contiguous part per thread, each thread
+running the whole loop of copies and single-threaded products on its own
+part, keeps every core busy: on ResNet-20's 3x3 convolutions at batch 128
+on 2 cores, 1.5 to 1.7x faster than one thread driving a 2-threaded BLAS.
+Batch norm and ReLU split their *channels* the same way
+(``over_channels``). NumPy releases Python's GIL inside its copies,
+elementwise loops and BLAS calls, so plain Python threads run in parallel.
 
 The images of a convolution are independent, so the parts write disjoint
-slices of the output; only the weight gradient is a sum over images, and
-each part returns its own share for the caller to add up. NumPy releases
-Python's GIL inside its copies and BLAS calls, so plain Python threads run
-in parallel.
+slices of the output; only the weight gradient is a sum over images. The
+parts are made of whole chunks of the convolution's loop (a part starts at
+a multiple of its chunk size), each part returns its chunks' terms, and the
+caller adds all terms in chunk order: the sum a single thread makes. Batch
+norm's per-channel sums do not depend on the other channels. So the numbers
+do not depend on the number of threads: a run with a given seed gives the
+same weights, to the last bit, on a laptop and on a server.
 
 With more than one thread, minires limits BLAS to one thread for the whole
 process (through ``threadpoolctl``), not only while a convolution runs: an
 OpenBLAS thread that has just finished a product spins for a while, waiting
 for more, and takes the core from the convolution's threads that come next
 (limiting BLAS only inside each convolution made a ResNet-20 step 1.3x
-*slower*). ``set_threads(1)`` gives BLAS its threads back. If BLAS has more
-than one thread when a convolution starts (other code may set it; two
-threads calling a multi-threaded OpenBLAS at once gave wrong products), or
-without ``threadpoolctl``, or with one thread, or on CuPy (the GPU is
-parallel already), ``over_images`` simply calls the work once on all
-images: the plain loop.
+*slower*). ``set_threads(1)`` gives BLAS its threads back. The work runs
+once, on everything, the plain loop, when: BLAS has more than one thread
+when the op starts (other code may set it; two threads calling a
+multi-threaded OpenBLAS at once gave wrong products), the array is small
+(``MIN_PARALLEL_SIZE``), there is one thread, or the arrays are CuPy's
+(the GPU is parallel already).
 
 The number of threads: ``MINIRES_THREADS`` if set, else the cores this
 process may use; change it with ``set_threads``.
@@ -38,7 +44,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import array_api_compat
 import numpy as np
 
 T = TypeVar("T")
@@ -102,35 +107,53 @@ def _blas_single_threaded() -> bool:
     return bool(blas) and all(lib.num_threads == 1 for lib in blas)
 
 
-def parts(n: int, k: int) -> list[slice]:
-    """``range(n)`` cut into ``min(k, n)`` contiguous slices of near-equal size."""
-    k = max(1, min(k, n))
-    bounds = [n * i // k for i in range(k + 1)]
+def parts(n: int, k: int, grain: int = 1) -> list[slice]:
+    """``range(n)`` cut into at most ``k`` contiguous slices of near-equal size
+    that start at multiples of ``grain`` (whole chunks of ``grain`` items)."""
+    chunks = -(-n // max(1, grain))
+    k = max(1, min(k, chunks))
+    bounds = [min(n, grain * (chunks * i // k)) for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def over_images(work: Callable[[slice], T], n: int, xp: Any) -> list[T]:
-    """Call ``work(images)`` for parts of ``range(n)`` that together cover it.
+# Below this many elements an op runs on one thread: handing the parts to
+# the threads and waiting for them costs some 50-100 us, more than it saves
+# on small arrays (ResNet-20 on the 8x8 digits took 1.5x longer on 2 threads
+# than on one; on 32x32 CIFAR images at batch 128 the threads win).
+MIN_PARALLEL_SIZE = 2**18
 
-    On NumPy with more than one thread, and BLAS on one thread (module
-    docstring), the parts run at the same time, one per thread; otherwise
-    ``work`` runs once, on ``slice(0, n)``. Returns the results, one per part, in order.
+
+def over_images(work: Callable[[slice], T], x: Any, grain: int = 1) -> list[T]:
+    """Call ``work(images)`` for parts of ``range(N)``, ``N = x.shape[0]``,
+    that together cover it, each starting at a multiple of ``grain``.
+
+    On NumPy with more than one thread, BLAS on one thread (module
+    docstring) and ``x`` of at least ``MIN_PARALLEL_SIZE`` elements, the
+    parts run at the same time, one per thread; otherwise ``work`` runs
+    once, on ``slice(0, N)``. Returns the results, one per part, in order.
     ``work`` must only write to its own images' slices.
     """
+    return _over(work, x, 0, grain)
+
+
+def over_channels(work: Callable[[slice], T], x: Any) -> list[T]:
+    """``over_images`` for parts of the channel axis (axis 1) of ``x``: for
+    elementwise and per-channel work (ReLU, batch norm), whose parts are
+    independent too."""
+    return _over(work, x, 1, 1)
+
+
+def _over(work: Callable[[slice], T], x: Any, axis: int, grain: int) -> list[T]:
     global _pool
-    k = min(threads(), n)
-    if k == 1 or not _is_numpy(xp) or not _blas_single_threaded():
+    n = x.shape[axis]
+    split = parts(n, threads(), grain)
+    if (len(split) == 1 or x.size < MIN_PARALLEL_SIZE or not _is_numpy(type(x))
+            or not _blas_single_threaded()):
         return [work(slice(0, n))]
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="minires")
-    return list(_pool.map(work, parts(n, k)))
+    return list(_pool.map(work, split))
 
 
-def over_channels(work: Callable[[slice], T], c: int, xp: Any) -> list[T]:
-    """``over_images`` for parts of the channel axis: for elementwise and
-    per-channel work (ReLU, batch norm), whose parts are independent too."""
-    return over_images(work, c, xp)
-
-
-def _is_numpy(xp: Any) -> bool:
-    return xp is np or array_api_compat.is_numpy_namespace(xp)
+def _is_numpy(array_type: type) -> bool:
+    return issubclass(array_type, np.ndarray)

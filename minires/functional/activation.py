@@ -47,7 +47,7 @@ def relu_forward(x: Array) -> tuple[Array, Any]:
             lib.maximum(x[:, ch], zero, out=out[:, ch])
             lib.greater(x[:, ch], zero, out=on[:, ch])
 
-        parallel.over_channels(forward_channels, x.shape[1], xp)
+        parallel.over_channels(forward_channels, x)
         return out, on
     return xp.where(x < 0, zero, x), x > 0
 
@@ -87,6 +87,6 @@ def relu_backward(dout: Array, cache: Any) -> Array:
             lib.multiply(dout[:, ch], on[:, ch].view(lib.uint8), out=dx[:, ch])
             return True
 
-        if all(parallel.over_channels(backward_channels, dout.shape[1], xp)):
+        if all(parallel.over_channels(backward_channels, dout)):
             return dx
     return xp.where(on, dout, zero)

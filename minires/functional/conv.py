@@ -110,6 +110,34 @@ def _chunk_images(n: int, per_image: int, x: Array, chunk_bytes: int | None) -> 
     return max(1, min(n, chunk_bytes // (per_image * x.itemsize)))
 
 
+def on_grid(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> bool:
+    """Whether the fast paths run a convolution over ``shifted_grid``: stride 1
+    and padding below the kernel size."""
+    return stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
+
+
+def grid_size(size: tuple[int, int], kernel: tuple[int, int],
+              padding: tuple[int, int]) -> tuple[int, int]:
+    """(Hg, Wg) of ``shifted_grid``: each image row and column followed by the
+    zeros both sides of the padding need, shared between neighbours."""
+    return tuple(n + max(p, k - 1 - p) for n, k, p in zip(size, kernel, padding, strict=True))
+
+
+def chunk_images(x: Array, kernel: tuple[int, int], stride: tuple[int, int],
+                 padding: tuple[int, int], grid: bool, chunk_bytes: int | None = None) -> int:
+    """Images per chunk in a fast path's loop over ``x``: ``shifted_grid``'s
+    (``grid``), else ``im2col_chunks``'. The threads of
+    ``minires.parallel`` take whole chunks (their parts start at multiples of
+    this), so every product, and every sum of products, is the same
+    whatever the number of threads: results do not depend on the machine."""
+    n, c, h, w = x.shape
+    if grid:
+        hg, wg = grid_size((h, w), kernel, padding)
+    else:
+        hg, wg = conv2d_output_size((h, w), kernel, stride, padding)
+    return _chunk_images(n, c * kernel[0] * kernel[1] * hg * wg, x, chunk_bytes)
+
+
 # ---- small helpers shared with pool.py ----------------------------------------
 
 def as_pair(value: Any, name: str, op: str, minimum: int) -> tuple[int, int]:
@@ -364,7 +392,7 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     xp = backend.namespace(x)
     as_strided = backend.native(xp).lib.stride_tricks.as_strided
     n, c, h, w = x.shape
-    hg, wg = h + max(ph, kh - 1 - ph), w + max(pw, kw - 1 - pw)
+    hg, wg = grid_size((h, w), (kh, kw), (ph, pw))
     per_image = c * kh * kw * hg * wg                # entries of cols_t per image
     chunk = _chunk_images(n, per_image, x, chunk_bytes)
     # flat[c, lead + n*Hg*Wg + h*Wg + w] holds x[n, c, h, w]; ``lead`` zeros in
@@ -458,7 +486,9 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
         # threads (minires.parallel).
         out_t = xp.empty((c_out, n, oh, ow), dtype=x.dtype)
         parallel.over_images(lambda images: _forward_images(x[images], w, stride, padding,
-                                                            out_t[:, images]), n, xp)
+                                                            out_t[:, images]),
+                             x, grain=chunk_images(x, kernel, stride, padding,
+                                                   on_grid(kernel, stride, padding)))
         out_t = xp.reshape(out_t, (c_out, n * oh * ow))
     else:
         cols = im2col(x, kernel, stride, padding)        # (N*OH*OW, C_in*KH*KW)
@@ -479,7 +509,7 @@ def _forward_images(x: Array, w: Array, stride: tuple[int, int], padding: tuple[
     c_out, n, oh, ow = out_t.shape
     kernel = tuple(w.shape[2:])
     w_mat = xp.reshape(w, (c_out, -1))
-    if stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]:
+    if on_grid(kernel, stride, padding):
         # only the grid positions that are outputs are kept
         for images, cols_t, grid in shifted_grid(x, kernel, padding):
             out_t[:, images] = grid_interior(grid_product(cols_t, w_mat), grid, (oh, ow))
@@ -525,8 +555,7 @@ def conv2d_backward(dout: Array, cache: tuple,
     # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
     db = xp.sum(dout_t, axis=1) if has_bias and need_param_grads else None
     fast = backend.is_numpy_like(xp)
-    if (fast and stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
-            and c_out <= x.shape[1]):
+    if fast and on_grid(kernel, stride, padding) and c_out <= x.shape[1]:
         # Fast path: dx and dw of a stride-1 convolution from one im2col of
         # dout (module docstring); about 2x faster than col2im and a second
         # im2col of x. Only where dout has no more channels than x: the stem
@@ -536,14 +565,15 @@ def conv2d_backward(dout: Array, cache: tuple,
     w_mat = xp.reshape(w, (c_out, -1))
     if fast:
         # Fast path: the same products, the images split over the CPU threads
-        # (minires.parallel), each part's dw_mat summed over chunks of images.
+        # (minires.parallel), dw_mat summed over chunks of images.
         dx = channel_major_zeros(xp, tuple(x.shape), x.dtype)
-        shares = parallel.over_images(
+        parts = parallel.over_images(
             lambda images: _backward_images(dout[images], x[images], w_mat, kernel, stride,
-                                            padding, dx[images], need_param_grads), n, xp)
+                                            padding, dx[images], need_param_grads),
+            x, grain=chunk_images(x, kernel, stride, padding, grid=False))
         if not need_param_grads:
             return dx, None, None
-        return dx, xp.reshape(sum(shares[1:], shares[0]).T, w.shape), db
+        return dx, xp.reshape(sum_in_order(parts).T, w.shape), db
     dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
     dx = col2im(dcols, tuple(x.shape), kernel, stride, padding)
     if not need_param_grads:
@@ -554,23 +584,30 @@ def conv2d_backward(dout: Array, cache: tuple,
 
 def _backward_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[int, int],
                      stride: tuple[int, int], padding: tuple[int, int], dx: Array,
-                     need_param_grads: bool) -> Array | None:
+                     need_param_grads: bool) -> list[Array]:
     """The fast backward loop by col2im for some images: writes their input
-    gradient into ``dx`` (a view into the whole dx) and returns their share
-    of ``dw_mat.T`` (C_in*KH*KW, C_out), or None."""
+    gradient into ``dx`` (a view into the whole dx) and returns their chunks'
+    terms of ``dw_mat.T`` (C_in*KH*KW, C_out), in order (none without
+    ``need_param_grads``)."""
     xp = backend.namespace(dout, x, w_mat)
     n, c_out, oh, ow = dout.shape
     dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
     dcols = (w_mat.T @ dout_t).T          # = dout_mat @ w_mat, stored transposed like cols
     dx[...] = col2im(dcols, tuple(x.shape), kernel, stride, padding)
     if not need_param_grads:
-        return None
-    # dw_mat = dout_mat.T @ cols, summed over chunks of images; OpenBLAS
+        return []
+    # dw_mat = dout_mat.T @ cols, a sum over chunks of images; OpenBLAS
     # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
-    dw_mat_t = xp.zeros((w_mat.shape[1], c_out), dtype=w_mat.dtype)
-    for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
-        dw_mat_t += cols_t @ dout_t[:, columns].T
-    return dw_mat_t
+    return [cols_t @ dout_t[:, columns].T
+            for columns, cols_t in im2col_chunks(x, kernel, stride, padding)]
+
+
+def sum_in_order(parts: list[list[Array]]) -> Array:
+    """``((t1 + t2) + t3) + ...`` over the terms of all parts, in order: the
+    sum a single loop over the chunks would make, whichever thread computed
+    which chunk."""
+    terms = [t for part in parts for t in part]
+    return sum(terms[1:], terms[0])
 
 
 def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: IntPair = 0,
@@ -620,14 +657,16 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
     dx_t = xp.empty((c_in, n, h, wd), dtype=dout.dtype)
     # the images split over the CPU threads (minires.parallel); each part
     # returns its share of dw_flipped_mat.T
-    shares = parallel.over_images(
+    q = (kh - 1 - ph, kw - 1 - pw)
+    parts = parallel.over_images(
         lambda images: _backward_by_convolution_images(dout[images], x[images], w_flipped_mat,
                                                        (kh, kw), (ph, pw), dx_t[:, images],
-                                                       need_param_grads), n, xp)
+                                                       need_param_grads),
+        dout, grain=chunk_images(dout, (kh, kw), (1, 1), q, grid=True))
     dx = xp.permute_dims(dx_t, (1, 0, 2, 3))
     if not need_param_grads:
         return dx, None
-    dw_flipped_t = sum(shares[1:], shares[0])
+    dw_flipped_t = sum_in_order(parts)
     dw_flipped = xp.reshape(xp.permute_dims(dw_flipped_t, (1, 0)), (c_in, c_out, kh, kw))
     dw = xp.permute_dims(xp.flip(dw_flipped, axis=(2, 3)), (1, 0, 2, 3))
     return dx, xp.asarray(dw, copy=True)
@@ -635,18 +674,15 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
 
 def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
                                     kernel: tuple[int, int], padding: tuple[int, int],
-                                    dx_t: Array, need_param_grads: bool) -> Array | None:
+                                    dx_t: Array, need_param_grads: bool) -> list[Array]:
     """The loop of ``conv2d_backward_by_convolution`` for some images: their
     dx goes into ``dx_t`` (C_in, n, H, W), a view into the whole; returns their
-    share of ``dw_flipped_mat.T`` (C_out*KH*KW, C_in), or None."""
+    chunks' terms of ``dw_flipped_mat.T`` (C_out*KH*KW, C_in), in order (none
+    without ``need_param_grads``)."""
     xp = backend.namespace(dout, x, w_flipped_mat)
     c_in = x.shape[1]
     (kh, kw), (ph, pw), (h, wd) = kernel, padding, x.shape[2:]
-    # dw_flipped_mat.T: OpenBLAS computes colsd.T @ x_mat 1.3 to 1.8x faster
-    # than its transpose x_mat.T @ colsd
-    dw_flipped_t = xp.zeros((w_flipped_mat.shape[1], c_in), dtype=x.dtype) \
-        if need_param_grads else None
-    x_grid = None
+    terms, x_grid = [], None
     for images, colsd_t, grid in shifted_grid(dout, (kh, kw), (kh - 1 - ph, kw - 1 - pw)):
         dx_t[:, images] = grid_interior(grid_product(colsd_t, w_flipped_mat), grid, (h, wd))
         if need_param_grads:
@@ -656,8 +692,10 @@ def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
             if x_grid is None:
                 x_grid = xp.zeros((c_in, m, *grid), dtype=x.dtype)
             x_grid[:, :m, :h, :wd] = xp.permute_dims(x[images], (1, 0, 2, 3))
-            dw_flipped_t += colsd_t @ xp.reshape(x_grid[:, :m], (c_in, -1)).T
-    return dw_flipped_t
+            # dw_flipped_mat.T: OpenBLAS computes colsd.T @ x_mat 1.3 to 1.8x
+            # faster than its transpose x_mat.T @ colsd
+            terms.append(colsd_t @ xp.reshape(x_grid[:, :m], (c_in, -1)).T)
+    return terms
 
 
 # ---- the reference: four nested loops -----------------------------------------

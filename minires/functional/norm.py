@@ -287,7 +287,7 @@ def _forward_training_fast(x: Array, gamma: Array, beta: Array, eps: float,
         out_part += per_channel(beta[ch], ndim)
         return mean, var, inv_std
 
-    parts = parallel.over_channels(channels, x.shape[1], xp)
+    parts = parallel.over_channels(channels, x)
     mean, var, inv_std = (xp.concat([p[k] for p in parts]) for k in range(3))
     return out, BatchNormCache(True, xc, gamma, inv_std, mean, var, count)
 
@@ -310,6 +310,6 @@ def _backward_training_fast(dout: Array, cache: BatchNormCache) -> tuple[Array, 
         dx_part *= per_channel(gamma[ch] * inv_std[ch], ndim)
         return dgamma, dbeta
 
-    parts = parallel.over_channels(channels, xc.shape[1], xp)
+    parts = parallel.over_channels(channels, xc)
     dgamma, dbeta = (xp.concat([p[k] for p in parts]) for k in range(2))
     return dx, dgamma, dbeta
