@@ -119,8 +119,9 @@ def parts(n: int, k: int, grain: int = 1) -> list[slice]:
 # Below this many elements an op runs on one thread: handing the parts to
 # the threads and waiting for them costs some 50-100 us, more than it saves
 # on small arrays (ResNet-20 on the 8x8 digits took 1.5x longer on 2 threads
-# than on one; on 32x32 CIFAR images at batch 128 the threads win).
-MIN_PARALLEL_SIZE = 2**18
+# than on one: its largest arrays have 2**16 elements; CIFAR-10 at batch 32
+# has 2**17 to 2**19, and there the threads win).
+MIN_PARALLEL_SIZE = 2**17
 
 
 def over_images(work: Callable[[slice], T], x: Any, grain: int = 1) -> list[T]:

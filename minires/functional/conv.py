@@ -102,12 +102,21 @@ GPU_CHUNK_BYTES = 1024 * 2**20
 
 
 def _chunk_images(n: int, per_image: int, x: Array, chunk_bytes: int | None) -> int:
-    """Images per chunk: as many as fit in ``chunk_bytes`` (default
-    ``CHUNK_BYTES``, or ``GPU_CHUNK_BYTES`` on CuPy), at least one."""
+    """Images per chunk: at most as many as fit in ``chunk_bytes`` (default
+    ``CHUNK_BYTES``, or ``GPU_CHUNK_BYTES`` on CuPy), at least one.
+
+    On the CPU the batch is cut into a multiple of 4 chunks of near-equal
+    size (at least 4 when there are 4 images): minires.parallel's threads
+    take whole chunks, so 2 or 4 threads get equal shares. The cut depends
+    on the batch and the shapes only, never on the number of threads."""
+    on_gpu = type(x).__module__.startswith("cupy")
     if chunk_bytes is None:
-        on_gpu = type(x).__module__.startswith("cupy")
         chunk_bytes = GPU_CHUNK_BYTES if on_gpu else CHUNK_BYTES
-    return max(1, min(n, chunk_bytes // (per_image * x.itemsize)))
+    most = max(1, min(n, chunk_bytes // (per_image * x.itemsize)))
+    if on_gpu:
+        return most
+    chunks = min(n, 4 * -(-n // (4 * most)))         # ceil(n / most), rounded up to 4k
+    return -(-n // chunks)
 
 
 def on_grid(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> bool:
@@ -318,14 +327,15 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel_size: IntPair
 
 
 def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
-                  chunk_bytes: int | None = None):
+                  chunk_bytes: int | None = None, chunk: int | None = None):
     """``im2col(x, ...).T`` a few images at a time (NumPy/CuPy only).
 
     Yields ``(columns, cols_t)`` for consecutive chunks of images: ``cols_t``
     is the (C*KH*KW, n_chunk*OH*OW) block of ``cols.T`` whose columns are
     ``cols.T[:, columns]``. The same buffers are refilled for every chunk, so
-    use each block before asking for the next. A chunk holds as many images
-    as fit in ``chunk_bytes`` (default ``CHUNK_BYTES``), at least one.
+    use each block before asking for the next. A chunk holds ``chunk``
+    images, by default about as many as fit in ``chunk_bytes`` (default
+    ``CHUNK_BYTES``; see ``_chunk_images``).
     """
     kh, kw = kernel = as_pair(kernel_size, "kernel_size", "im2col_chunks", 1)
     (sh, sw) = stride = as_pair(stride, "stride", "im2col_chunks", 1)
@@ -336,7 +346,7 @@ def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: 
     as_strided = backend.native(xp).lib.stride_tricks.as_strided
     n, c, h, w = x.shape
     per_image = c * kh * kw * oh * ow                 # entries of cols.T per image
-    chunk = _chunk_images(n, per_image, x, chunk_bytes)
+    chunk = min(n, chunk or _chunk_images(n, per_image, x, chunk_bytes))
     # The padded chunk, stored (C, n_chunk, H, W) like the rows of cols.T; its
     # border is zeroed once and never written again.
     padded = xp.zeros((c, chunk, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
@@ -355,7 +365,7 @@ def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: 
 
 
 def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
-                 chunk_bytes: int | None = None):
+                 chunk_bytes: int | None = None, chunk: int | None = None):
     """``cols.T`` of a stride-1 convolution, a few images at a time, by
     shifting one flat buffer instead of gathering windows (NumPy/CuPy only).
 
@@ -378,8 +388,9 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
 
     Yields ``(images, cols_t, grid)`` for consecutive chunks of images:
     ``images`` the slice of images, ``cols_t`` (C*KH*KW, n_chunk*Hg*Wg) and
-    ``grid = (Hg, Wg)``. The same buffer is refilled for every chunk.
-    Requires ``padding < kernel_size`` on both axes.
+    ``grid = (Hg, Wg)``. The same buffer is refilled for every chunk. Chunk
+    sizes as in ``im2col_chunks``. Requires ``padding < kernel_size`` on both
+    axes.
     """
     op = "shifted_grid"
     kh, kw = as_pair(kernel_size, "kernel_size", op, 1)
@@ -394,7 +405,7 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     n, c, h, w = x.shape
     hg, wg = grid_size((h, w), (kh, kw), (ph, pw))
     per_image = c * kh * kw * hg * wg                # entries of cols_t per image
-    chunk = _chunk_images(n, per_image, x, chunk_bytes)
+    chunk = min(n, chunk or _chunk_images(n, per_image, x, chunk_bytes))
     # flat[c, lead + n*Hg*Wg + h*Wg + w] holds x[n, c, h, w]; ``lead`` zeros in
     # front serve as the top and left padding of the first image, and the
     # tail as the bottom and right padding of the last. Only the interior is
@@ -485,10 +496,10 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
         # layers than one full-size cols. The images are split over the CPU
         # threads (minires.parallel).
         out_t = xp.empty((c_out, n, oh, ow), dtype=x.dtype)
+        chunk = chunk_images(x, kernel, stride, padding, on_grid(kernel, stride, padding))
         parallel.over_images(lambda images: _forward_images(x[images], w, stride, padding,
-                                                            out_t[:, images]),
-                             x, grain=chunk_images(x, kernel, stride, padding,
-                                                   on_grid(kernel, stride, padding)))
+                                                            out_t[:, images], chunk),
+                             x, grain=chunk)
         out_t = xp.reshape(out_t, (c_out, n * oh * ow))
     else:
         cols = im2col(x, kernel, stride, padding)        # (N*OH*OW, C_in*KH*KW)
@@ -502,23 +513,24 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
 
 
 def _forward_images(x: Array, w: Array, stride: tuple[int, int], padding: tuple[int, int],
-                    out_t: Array) -> None:
-    """The fast forward loop for some images ``x``: ``out_t`` (C_out, n, OH, OW),
-    a view into the output, receives ``w_mat @ cols.T``."""
+                    out_t: Array, chunk: int) -> None:
+    """The fast forward loop for some images ``x``, ``chunk`` at a time:
+    ``out_t`` (C_out, n, OH, OW), a view into the output, receives
+    ``w_mat @ cols.T``."""
     xp = backend.namespace(x, w)
     c_out, n, oh, ow = out_t.shape
     kernel = tuple(w.shape[2:])
     w_mat = xp.reshape(w, (c_out, -1))
     if on_grid(kernel, stride, padding):
         # only the grid positions that are outputs are kept
-        for images, cols_t, grid in shifted_grid(x, kernel, padding):
+        for images, cols_t, grid in shifted_grid(x, kernel, padding, chunk=chunk):
             out_t[:, images] = grid_interior(grid_product(cols_t, w_mat), grid, (oh, ow))
         return
     # In this orientation OpenBLAS splits the output pixels across threads
     # (1.3 to 1.6x on 2 cores); w_mat @ cols.T, with only C_out rows, hardly
     # gains from a second thread.
     out_mat_t = xp.reshape(out_t, (c_out, n * oh * ow))
-    for columns, cols_t in im2col_chunks(x, kernel, stride, padding):
+    for columns, cols_t in im2col_chunks(x, kernel, stride, padding, chunk=chunk):
         backend.native(xp).matmul(cols_t.T, w_mat.T, out=out_mat_t[:, columns].T)
 
 
@@ -567,10 +579,11 @@ def conv2d_backward(dout: Array, cache: tuple,
         # Fast path: the same products, the images split over the CPU threads
         # (minires.parallel), dw_mat summed over chunks of images.
         dx = channel_major_zeros(xp, tuple(x.shape), x.dtype)
+        chunk = chunk_images(x, kernel, stride, padding, grid=False)
         parts = parallel.over_images(
             lambda images: _backward_images(dout[images], x[images], w_mat, kernel, stride,
-                                            padding, dx[images], need_param_grads),
-            x, grain=chunk_images(x, kernel, stride, padding, grid=False))
+                                            padding, dx[images], need_param_grads, chunk),
+            x, grain=chunk)
         if not need_param_grads:
             return dx, None, None
         return dx, xp.reshape(sum_in_order(parts).T, w.shape), db
@@ -584,8 +597,9 @@ def conv2d_backward(dout: Array, cache: tuple,
 
 def _backward_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[int, int],
                      stride: tuple[int, int], padding: tuple[int, int], dx: Array,
-                     need_param_grads: bool) -> list[Array]:
-    """The fast backward loop by col2im for some images: writes their input
+                     need_param_grads: bool, chunk: int) -> list[Array]:
+    """The fast backward loop by col2im for some images, ``chunk`` at a time
+    for dw: writes their input
     gradient into ``dx`` (a view into the whole dx) and returns their chunks'
     terms of ``dw_mat.T`` (C_in*KH*KW, C_out), in order (none without
     ``need_param_grads``)."""
@@ -599,7 +613,7 @@ def _backward_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[int, int
     # dw_mat = dout_mat.T @ cols, a sum over chunks of images; OpenBLAS
     # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
     return [cols_t @ dout_t[:, columns].T
-            for columns, cols_t in im2col_chunks(x, kernel, stride, padding)]
+            for columns, cols_t in im2col_chunks(x, kernel, stride, padding, chunk=chunk)]
 
 
 def sum_in_order(parts: list[list[Array]]) -> Array:
@@ -657,12 +671,12 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
     dx_t = xp.empty((c_in, n, h, wd), dtype=dout.dtype)
     # the images split over the CPU threads (minires.parallel); each part
     # returns its share of dw_flipped_mat.T
-    q = (kh - 1 - ph, kw - 1 - pw)
+    chunk = chunk_images(dout, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), grid=True)
     parts = parallel.over_images(
         lambda images: _backward_by_convolution_images(dout[images], x[images], w_flipped_mat,
                                                        (kh, kw), (ph, pw), dx_t[:, images],
-                                                       need_param_grads),
-        dout, grain=chunk_images(dout, (kh, kw), (1, 1), q, grid=True))
+                                                       need_param_grads, chunk),
+        dout, grain=chunk)
     dx = xp.permute_dims(dx_t, (1, 0, 2, 3))
     if not need_param_grads:
         return dx, None
@@ -674,8 +688,10 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
 
 def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
                                     kernel: tuple[int, int], padding: tuple[int, int],
-                                    dx_t: Array, need_param_grads: bool) -> list[Array]:
-    """The loop of ``conv2d_backward_by_convolution`` for some images: their
+                                    dx_t: Array, need_param_grads: bool,
+                                    chunk: int) -> list[Array]:
+    """The loop of ``conv2d_backward_by_convolution`` for some images,
+    ``chunk`` at a time: their
     dx goes into ``dx_t`` (C_in, n, H, W), a view into the whole; returns their
     chunks' terms of ``dw_flipped_mat.T`` (C_out*KH*KW, C_in), in order (none
     without ``need_param_grads``)."""
@@ -683,7 +699,8 @@ def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
     c_in = x.shape[1]
     (kh, kw), (ph, pw), (h, wd) = kernel, padding, x.shape[2:]
     terms, x_grid = [], None
-    for images, colsd_t, grid in shifted_grid(dout, (kh, kw), (kh - 1 - ph, kw - 1 - pw)):
+    for images, colsd_t, grid in shifted_grid(dout, (kh, kw), (kh - 1 - ph, kw - 1 - pw),
+                                              chunk=chunk):
         dx_t[:, images] = grid_interior(grid_product(colsd_t, w_flipped_mat), grid, (h, wd))
         if need_param_grads:
             # x laid out on the same grid, zero where the grid is not an
