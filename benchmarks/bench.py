@@ -34,16 +34,30 @@ misbehave there; with a current NumPy they select a slower kernel. The run
 records both variables and the kernel; ``--native-openblas`` unsets the two
 for this run only (never change them for tests or CI).
 
+GPU (``--device cuda``): the same three measurements with minires on CuPy
+(``MINIRES_BACKEND=cupy``) against PyTorch on CUDA, on an NVIDIA GPU. Every
+timing starts and ends on a synchronized device (a GPU works asynchronously:
+unsynchronized, a timer sees only the kernel launches); the ops get 3 untimed
+repetitions and 25 timed ones by default, the steps run at batch 32, 128 and
+512 with no pause between them. Memory is the GPU's: the most bytes held by
+arrays at once during one step (torch's ``max_memory_allocated``; for CuPy,
+a memory hook adding up its pool's allocations and frees) and what each
+caching allocator took from the device for that step, starting from an
+emptied cache (torch's ``max_memory_reserved``, the CuPy pool's
+``total_bytes``). Both compute in IEEE float32: PyTorch's TF32 convolutions
+are switched off unless ``--tf32`` (which also sets ``CUPY_TF32=1``).
+
 Usage, from anywhere::
 
     python benchmarks/bench.py                 # ops at batch 128, steps at 32 and 128
     python benchmarks/bench.py --quick         # a short run: batch 32 only, fewer rounds
     python benchmarks/bench.py --skip-ops --batches 128 --rounds 11
+    python benchmarks/bench.py --device cuda   # on a GPU: steps at 32, 128 and 512
 
-Writes ``benchmarks/results/bench.json`` (or ``--output``) and prints markdown
-tables. Timings on a shared machine are noisy: compare the ratios, look at
-the load averages recorded before and after, and re-run when the machine is
-quiet.
+Writes ``benchmarks/results/bench.json`` (``bench_cuda.json`` with
+``--device cuda``; or ``--output``) and prints markdown tables. Timings on a
+shared machine are noisy: compare the ratios, look at the load averages
+recorded before and after, and re-run when the machine is quiet.
 """
 
 from __future__ import annotations
@@ -163,6 +177,87 @@ def median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
 
+class Device:
+    """Where a run computes: ``"cpu"`` (minires on NumPy, torch on the CPU) or
+    ``"cuda"`` (minires on CuPy, torch on CUDA). Moves the NumPy inputs there
+    and waits for the GPU around every timing; on the CPU each of these does
+    nothing."""
+
+    def __init__(self, name: str = "cpu", tf32: bool = False) -> None:
+        self.name, self.gpu, self.tf32 = name, name == "cuda", tf32
+
+    def configure(self) -> None:
+        """Environment for this process and its workers; before minires, CuPy
+        or torch is imported. On CUDA, minires's backend is CuPy."""
+        if self.gpu:
+            os.environ["MINIRES_BACKEND"] = "cupy"
+            os.environ["CUPY_TF32"] = "1" if self.tf32 else "0"
+
+    def minires(self, a: Any) -> Any:
+        """A NumPy array on minires's device, in the same memory layout
+        (``cupy.asarray`` would copy a non-contiguous array into C order)."""
+        if not self.gpu:
+            return a
+        import cupy
+        import numpy as np
+
+        order = np.argsort(a.strides, kind="stable")[::-1]       # slowest axis first
+        return cupy.asarray(np.ascontiguousarray(a.transpose(order))).transpose(np.argsort(order))
+
+    def torch(self, t: Any) -> Any:
+        """A torch tensor on torch's device."""
+        return t.cuda() if self.gpu else t
+
+    def sync(self, impl: str) -> None:
+        """Wait until the GPU has finished ``impl``'s ("minires" or "torch") work."""
+        if not self.gpu:
+            return
+        if impl == "minires":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+        else:
+            import torch
+
+            torch.cuda.synchronize()
+
+
+CPU = Device("cpu")
+
+
+def import_torch_on(device: Device, threads: int):
+    """``import_torch``, and on CUDA: None unless torch sees a GPU; TF32
+    convolutions and matrix products as ``--tf32`` asks (torch's default
+    would run its float32 convolutions in TF32, minires's never are)."""
+    torch = import_torch(threads)
+    if torch is None or not device.gpu:
+        return torch
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.allow_tf32 = device.tf32
+    torch.backends.cuda.matmul.allow_tf32 = device.tf32
+    return torch
+
+
+def gpu_info(torch: Any) -> dict[str, Any]:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    info: dict[str, Any] = {
+        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+        "gpu_memory_mib": props["totalGlobalMem"] / 2**20,
+        "cupy": cupy.__version__,
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "cuda_driver": cupy.cuda.runtime.driverGetVersion(),
+    }
+    if torch is not None:
+        info.update(torch_cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    cudnn_benchmark=torch.backends.cudnn.benchmark,
+                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
 # ---- the PyTorch twin of minires.models.resnet_cifar(20) ----------------------
 
 def torch_resnet_cifar(torch: Any, depth: int = 20, num_classes: int = 10):
@@ -228,7 +323,7 @@ class MiniresStep:
 
     name = "minires"
 
-    def __init__(self, batch: int, seed: int = 0) -> None:
+    def __init__(self, batch: int, seed: int = 0, device: Device = CPU) -> None:
         import numpy as np
 
         from minires.models import resnet_cifar
@@ -241,8 +336,8 @@ class MiniresStep:
         self.criterion = CrossEntropyLoss()
         self.optimizer = SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                              weight_decay=1e-4)
-        self.x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        self.y = rng.integers(0, 10, batch)
+        self.x = device.minires(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
+        self.y = device.minires(rng.integers(0, 10, batch))
 
     def step(self) -> float:
         self.optimizer.zero_grad()
@@ -257,18 +352,19 @@ class TorchStep:
 
     name = "torch"
 
-    def __init__(self, batch: int, seed: int = 0, threads: int = 1) -> None:
-        torch = import_torch(threads)
+    def __init__(self, batch: int, seed: int = 0, threads: int = 1,
+                 device: Device = CPU) -> None:
+        torch = import_torch_on(device, threads)
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         self.torch = torch
-        self.model = torch_resnet_cifar(torch)
+        self.model = device.torch(torch_resnet_cifar(torch))
         self.model.train()
         self.criterion = torch.nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                                          weight_decay=1e-4)
-        self.x = torch.randn(batch, 3, 32, 32, generator=g)
-        self.y = torch.randint(0, 10, (batch,), generator=g)
+        self.x = device.torch(torch.randn(batch, 3, 32, 32, generator=g))
+        self.y = device.torch(torch.randint(0, 10, (batch,), generator=g))
 
     def step(self) -> float:
         self.optimizer.zero_grad()
@@ -315,34 +411,83 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def worker(impl: str, batch: int, threads: int) -> None:
+def gpu_step_memory(impl: str, runner: Any) -> dict[str, float]:
+    """GPU memory of one more step from an emptied allocator cache, in MiB:
+    ``gpu_peak_mib``, the most bytes held by arrays (tensors) at once, and
+    ``gpu_pool_mib``, what the library's caching allocator took from the
+    device (module docstring)."""
+    if impl == "torch":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        runner.step()
+        torch.cuda.synchronize()
+        return {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+                "gpu_pool_mib": torch.cuda.max_memory_reserved() / 2**20}
+    import cupy
+    from cupy.cuda import memory_hook
+
+    class PeakHook(memory_hook.MemoryHook):
+        """Adds up the pool's allocations and frees; keeps the highest sum."""
+
+        name = "bench_peak"
+
+        def __init__(self, used: int) -> None:
+            self.used = self.peak = used
+
+        def malloc_postprocess(self, **kw: Any) -> None:
+            self.used += kw["mem_size"]
+            self.peak = max(self.peak, self.used)
+
+        def free_postprocess(self, **kw: Any) -> None:
+            self.used -= kw["mem_size"]
+
+    pool = cupy.get_default_memory_pool()
+    cupy.cuda.Device().synchronize()
+    pool.free_all_blocks()
+    hook = PeakHook(pool.used_bytes())
+    with hook:
+        runner.step()
+    cupy.cuda.Device().synchronize()
+    return {"gpu_peak_mib": hook.peak / 2**20, "gpu_pool_mib": pool.total_bytes() / 2**20}
+
+
+def worker(impl: str, batch: int, threads: int, device: Device = CPU) -> None:
     """Serve one implementation's training step over stdin/stdout.
 
     Commands (one per line): ``step`` -> ``{"seconds": t, "loss": l}``;
     ``memory`` -> peak RSS above the baseline (and, for minires, the peak
-    that tracemalloc sees during one more step); ``quit``.
+    that tracemalloc sees during one more step; on a GPU, the step's GPU
+    memory instead, ``gpu_step_memory``); ``quit``.
     """
     import numpy  # noqa: F401  (part of the baseline for both workers)
 
     if impl == "torch":
-        import_torch(threads)
+        import_torch_on(device, threads)
     else:
         import minires.models  # noqa: F401
     pools = limit_pools(threads)
     baseline = reset_peak_rss()
-    runner = TorchStep(batch, threads=threads) if impl == "torch" else MiniresStep(batch)
+    runner = (TorchStep(batch, threads=threads, device=device) if impl == "torch"
+              else MiniresStep(batch, device=device))
     out = sys.stdout
     out.write(json.dumps({"ready": impl, "baseline_mib": baseline, "pools": pools}) + "\n")
     out.flush()
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "step":
+            device.sync(impl)
             t0 = time.perf_counter()
             loss = runner.step()
+            device.sync(impl)
             reply: dict[str, Any] = {"seconds": time.perf_counter() - t0, "loss": loss}
         elif cmd == "memory":
             reply = {"peak_rss_mib": peak_rss_mib() - baseline, "baseline_mib": baseline}
-            if impl == "minires":
+            if device.gpu:
+                reply.update(gpu_step_memory(impl, runner))
+            elif impl == "minires":
                 import tracemalloc
 
                 tracemalloc.start()
@@ -365,6 +510,7 @@ class Worker:
                "--batches", str(batch), "--threads", str(args.threads)]
         if args.native_openblas:
             cmd.append("--native-openblas")
+        cmd += ["--device", args.device] + (["--tf32"] if args.tf32 else [])
         self.impl = impl
         env = os.environ.copy() if args.default_malloc else {**os.environ, **MALLOC_ENV}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -426,9 +572,10 @@ def bench_steps(batch: int, args: argparse.Namespace, have_torch: bool) -> dict[
                         "samples_ms": [1e3 * s for s in samples[impl]],
                         "first_loss": losses[impl][0], **memory[impl]}
     if have_torch:
+        memory_key = "gpu_peak_mib" if args.device == "cuda" else "peak_rss_mib"
         result["time_ratio"] = result["minires"]["median_ms"] / result["torch"]["median_ms"]
-        result["memory_ratio"] = (result["minires"]["peak_rss_mib"]
-                                  / max(result["torch"]["peak_rss_mib"], 1e-9))
+        result["memory_ratio"] = (result["minires"][memory_key]
+                                  / max(result["torch"][memory_key], 1e-9))
     result["pools"] = {w.impl: w.hello.get("pools") for w in workers}
     return result
 
@@ -449,31 +596,37 @@ def minires_layout(a: Any) -> Any:
 
 
 def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, torch: Any,
-            rng: Any):
-    """Return (minires_fwd, minires_bwd, torch_fwd, torch_bwd) closures for one op."""
+            rng: Any, device: Device = CPU):
+    """Return (minires_fwd, minires_bwd, minires_dout, torch_fwd, torch_bwd)
+    closures and data for one op, on ``device``."""
     import numpy as np
 
     from minires.functional import activation, conv, norm, pool
 
+    on = device.minires
     x = rng.standard_normal((batch, c_in, h, h)).astype(np.float32)
-    xm = minires_layout(x)
+    xm = on(minires_layout(x))
     if kind == "conv":
         w = (rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))).astype(np.float32)
         oh = (h - 1) // stride + 1
         dout = rng.standard_normal((batch, c_out, oh, oh)).astype(np.float32)
-        m_fwd = lambda: conv.conv2d_forward(xm, w, None, stride, 1)
+        wm = on(w)
+        m_fwd = lambda: conv.conv2d_forward(xm, wm, None, stride, 1)
         m_bwd = lambda cache, d: conv.conv2d_backward(d, cache)
-        t_args = [torch.from_numpy(w)]
+        t_args = [torch.from_numpy(w)] if torch is not None else []
         t_fwd = lambda tx, tw: torch.nn.functional.conv2d(tx, tw, None, stride, 1)
     elif kind == "bn":
         gamma = np.ones(c_in, np.float32) + 0.1 * rng.standard_normal(c_in).astype(np.float32)
         beta = 0.1 * rng.standard_normal(c_in).astype(np.float32)
         rm, rv = np.zeros(c_in, np.float32), np.ones(c_in, np.float32)
         dout = rng.standard_normal(x.shape).astype(np.float32)
-        m_fwd = lambda: norm.batchnorm_forward(xm, gamma, beta, rm, rv, training=True)
+        gm, bm, rmm, rvm = on(gamma), on(beta), on(rm), on(rv)
+        m_fwd = lambda: norm.batchnorm_forward(xm, gm, bm, rmm, rvm, training=True)
         m_bwd = lambda cache, d: norm.batchnorm_backward(d, cache)
-        t_args = [torch.from_numpy(gamma), torch.from_numpy(beta)]
-        trm, trv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+        if torch is not None:
+            t_args = [torch.from_numpy(gamma), torch.from_numpy(beta)]
+            trm = device.torch(torch.from_numpy(rm.copy()))
+            trv = device.torch(torch.from_numpy(rv.copy()))
         t_fwd = lambda tx, g, b: torch.nn.functional.batch_norm(tx, trm, trv, g, b, True)
     elif kind == "relu":
         dout = rng.standard_normal(x.shape).astype(np.float32)
@@ -489,12 +642,12 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
         t_fwd = lambda tx: tx.mean((2, 3))
     else:
         raise ValueError(f"unknown op kind {kind!r}")
-    dm = minires_layout(dout) if dout.ndim == 4 else dout
+    dm = on(minires_layout(dout) if dout.ndim == 4 else dout)
     if torch is None:
         return m_fwd, m_bwd, dm, None, None
-    tx = torch.from_numpy(x).requires_grad_(True)
-    t_params = [t.requires_grad_(True) for t in t_args]
-    tdout = torch.from_numpy(dout)
+    tx = device.torch(torch.from_numpy(x)).requires_grad_(True)
+    t_params = [device.torch(t).requires_grad_(True) for t in t_args]
+    tdout = device.torch(torch.from_numpy(dout))
 
     def torch_forward():
         return t_fwd(tx, *t_params)
@@ -508,42 +661,51 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
 OP_PAUSE = 0.05   # seconds of rest before each library's turn at an op
 
 
-def bench_ops(batch: int, reps: int, torch: Any) -> list[dict[str, Any]]:
+def bench_ops(batch: int, reps: int, torch: Any, device: Device = CPU, warmup: int = 1,
+              pause: float = OP_PAUSE) -> list[dict[str, Any]]:
     """Median forward and backward time of each op, minires and torch timed
-    back to back in every repetition (one warm-up repetition first), with a
-    short rest before each library's turn: torch's OpenMP threads busy-wait
-    after an op and would slow minires's threads if it ran straight after
-    (without the rest, minires's forward convolutions, timed right after
-    torch's backward, took up to twice as long)."""
+    back to back in every repetition (``warmup`` untimed repetitions first),
+    with a short rest (``pause``) before each library's turn: torch's OpenMP
+    threads busy-wait after an op and would slow minires's threads if it ran
+    straight after (without the rest, minires's forward convolutions, timed
+    right after torch's backward, took up to twice as long). On a GPU each
+    timing starts and stops on a synchronized device."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     rows = []
     for name, kind, c_in, c_out, h, stride, count in OPS:
-        m_fwd, m_bwd, dm, t_fwd, t_bwd = make_op(kind, c_in, c_out, h, stride, batch, torch, rng)
+        m_fwd, m_bwd, dm, t_fwd, t_bwd = make_op(kind, c_in, c_out, h, stride, batch, torch, rng,
+                                                 device)
         times: dict[str, list[float]] = {"minires_fwd": [], "minires_bwd": [],
                                          "torch_fwd": [], "torch_bwd": []}
-        for r in range(reps + 1):
-            time.sleep(OP_PAUSE)
+        for r in range(reps + warmup):
+            time.sleep(pause)
+            device.sync("minires")
             t0 = time.perf_counter()
             _, cache = m_fwd()
+            device.sync("minires")
             t1 = time.perf_counter()
             m_bwd(cache, dm)
+            device.sync("minires")
             t2 = time.perf_counter()
             del cache
-            if r > 0:
+            if r >= warmup:
                 times["minires_fwd"].append(t1 - t0)
                 times["minires_bwd"].append(t2 - t1)
             if t_fwd is None:
                 continue
-            time.sleep(OP_PAUSE)
+            time.sleep(pause)
+            device.sync("torch")
             t0 = time.perf_counter()
             out = t_fwd()
+            device.sync("torch")
             t1 = time.perf_counter()
             t_bwd(out)
+            device.sync("torch")
             t2 = time.perf_counter()
             del out
-            if r > 0:
+            if r >= warmup:
                 times["torch_fwd"].append(t1 - t0)
                 times["torch_bwd"].append(t2 - t1)
         row: dict[str, Any] = {"op": name, "batch": batch, "per_step": count}
@@ -578,6 +740,7 @@ def float32_gradient_error(batch: int = 8, seed: int = 0) -> dict[str, Any]:
     against the float64 gradient (same weights, same batch, training mode)."""
     import numpy as np
 
+    from minires import backend
     from minires.models import resnet_cifar
     from minires.nn import init
     from minires.nn.loss import CrossEntropyLoss
@@ -588,7 +751,7 @@ def float32_gradient_error(batch: int = 8, seed: int = 0) -> dict[str, Any]:
     init.manual_seed(seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 3, 32, 32))
-    y = rng.integers(0, 10, batch)
+    y = backend.asarray(rng.integers(0, 10, batch))      # on the active backend
     grads = {}
     model64 = None
     for dtype in ("float64", "float32"):
@@ -598,9 +761,9 @@ def float32_gradient_error(batch: int = 8, seed: int = 0) -> dict[str, Any]:
         else:
             model.load_state_dict(model64.state_dict())
         criterion = CrossEntropyLoss()
-        criterion(model(x.astype(dtype)), y)
+        criterion(model(backend.asarray(x, dtype=dtype)), y)
         model.backward(criterion.backward())
-        grads[dtype] = {name: np.asarray(p.grad, dtype=np.float64)
+        grads[dtype] = {name: np.asarray(backend.to_numpy(p.grad), dtype=np.float64)
                         for name, p in model.named_parameters()}
     errors = {}
     for name, g64 in grads["float64"].items():
@@ -620,19 +783,33 @@ def fmt(v: Any, digits: int = 1) -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = []
     steps = report.get("steps", [])
+    gpu = report["settings"].get("device") == "cuda"
     if steps:
-        lines += ["### ResNet-20 training step (forward, loss, backward, SGD momentum)", "",
+        memory_key, memory_name = (("gpu_peak_mib", "GPU peak MiB") if gpu
+                                   else ("peak_rss_mib", "peak MiB"))
+        lines += ["### ResNet-20 training step (forward, loss, backward, SGD momentum)"
+                  + (": minires on CuPy, PyTorch on CUDA" if gpu else ""), "",
                   "| batch | minires ms | torch ms | ratio | minires img/s | torch img/s "
-                  "| minires peak MiB | torch peak MiB | memory ratio |",
+                  f"| minires {memory_name} | torch {memory_name} | memory ratio |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in steps:
             t = s.get("torch", {})
             lines.append(
                 f"| {s['batch']} | {fmt(s['minires']['median_ms'])} | {fmt(t.get('median_ms'))} "
                 f"| {fmt(s.get('time_ratio'), 2)} | {fmt(s['minires']['images_per_s'], 0)} "
-                f"| {fmt(t.get('images_per_s'), 0)} | {fmt(s['minires']['peak_rss_mib'], 0)} "
-                f"| {fmt(t.get('peak_rss_mib'), 0)} | {fmt(s.get('memory_ratio'), 2)} |")
+                f"| {fmt(t.get('images_per_s'), 0)} | {fmt(s['minires'][memory_key], 0)} "
+                f"| {fmt(t.get(memory_key), 0)} | {fmt(s.get('memory_ratio'), 2)} |")
         lines.append("")
+    if steps and gpu:
+        lines.append("GPU memory of one step: the most bytes held by arrays at once (torch: "
+                     "max_memory_allocated; CuPy: its pool's allocations and frees, added up "
+                     "by a memory hook). Taken from the device by the caching allocators, "
+                     "minires / torch: "
+                     + ", ".join(f"batch {s['batch']} {s['minires']['gpu_pool_mib']:.0f} / "
+                                 f"{fmt(s.get('torch', {}).get('gpu_pool_mib'), 0)} MiB"
+                                 for s in steps) + ".")
+        lines.append("")
+    elif steps:
         lines.append("Peak memory: resident set above a baseline taken after imports, one "
                      "process per library; minires's tracemalloc peak: "
                      + ", ".join(f"batch {s['batch']} {s['minires']['tracemalloc_peak_mib']:.0f} "
@@ -676,6 +853,14 @@ def markdown(report: dict[str, Any]) -> str:
                      "multi-threaded timings are inflated and erratic. Re-run when the "
                      "machine is quiet, or compare at --threads 1.")
         lines.append("")
+    if gpu:
+        g = m["gpu"]
+        lines.append(f"GPU: {g['gpu']}, CuPy {g['cupy']} (CUDA runtime {g['cuda_runtime']}), "
+                     f"torch {m['torch']} (CUDA {g.get('torch_cuda')}, cuDNN {g.get('cudnn')}, "
+                     f"TF32 {'on' if report['settings'].get('tf32') else 'off'}, "
+                     f"cudnn.benchmark {g.get('cudnn_benchmark')}); host: {m['cpu']}, "
+                     f"{m['threads']} threads.")
+        return "\n".join(lines)
     blas = [p for p in m["thread_pools"] if p.get("user_api") == "blas"]
     kernel = ", ".join(f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
                        for p in blas) or "unknown (threadpoolctl not installed)"
@@ -689,19 +874,24 @@ def markdown(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: minires on NumPy against torch on the CPU (default); cuda: "
+                        "minires on CuPy against torch on CUDA")
+    p.add_argument("--tf32", action="store_true",
+                   help="with --device cuda: let both libraries use TF32 (default: IEEE float32)")
     p.add_argument("--quick", action="store_true",
                    help="short run: batch 32 only, ops at batch 32, 5 rounds, 2 warm-up steps")
     p.add_argument("--batches", type=int, nargs="+", default=None,
-                   help="batch sizes of the full step (default 32 128)")
+                   help="batch sizes of the full step (default 32 128; 32 128 512 on cuda)")
     p.add_argument("--ops-batch", type=int, default=None, help="batch of the op timings "
                    "(default 128, 32 with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="timed steps per implementation "
                    "(default 9, 5 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3)")
     p.add_argument("--op-reps", type=int, default=None, help="timed repetitions per op "
-                   "(default 7, 5 with --quick)")
-    p.add_argument("--pause", type=float, default=0.5,
-                   help="seconds of rest before each timed step (default 0.5)")
+                   "(default 7, 5 with --quick; 25 and 10 on cuda)")
+    p.add_argument("--pause", type=float, default=None,
+                   help="seconds of rest before each timed step (default 0.5; 0 on cuda)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads for both libraries (default: the usable cores)")
     p.add_argument("--native-openblas", action="store_true",
@@ -712,14 +902,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-ops", action="store_true")
     p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--skip-precision", action="store_true")
-    p.add_argument("--output", type=Path, default=RESULTS / "bench.json")
+    p.add_argument("--output", type=Path, default=None,
+                   help="default benchmarks/results/bench.json (bench_cuda.json on cuda)")
     p.add_argument("--worker", choices=("minires", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.batches = args.batches or ([32] if args.quick else [32, 128])
+    gpu = args.device == "cuda"
+    args.batches = args.batches or ([32] if args.quick else [32, 128, 512] if gpu else [32, 128])
     args.ops_batch = args.ops_batch or (32 if args.quick else 128)
     args.rounds = args.rounds or (5 if args.quick else 9)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
-    args.op_reps = args.op_reps or (5 if args.quick else 7)
+    args.op_reps = args.op_reps or ((10 if args.quick else 25) if gpu
+                                    else (5 if args.quick else 7))
+    args.pause = args.pause if args.pause is not None else (0.0 if gpu else 0.5)
+    args.output = args.output or RESULTS / ("bench_cuda.json" if gpu else "bench.json")
     if min(args.rounds, args.op_reps) < 1 or args.threads < 1:
         p.error("rounds, op-reps and threads must be at least 1")
     return args
@@ -728,24 +923,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     configure_threads(args.threads, args.native_openblas)
+    device = Device(args.device, args.tf32)
+    device.configure()
     if args.worker:
-        worker(args.worker, args.batches[0], args.threads)
+        worker(args.worker, args.batches[0], args.threads, device)
         return None
     import numpy  # noqa: F401  (loaded before threadpoolctl looks for BLAS)
 
-    torch = import_torch(args.threads)
+    if device.gpu:
+        from minires import backend
+
+        backend.use("cupy")          # a clear error here when CuPy or the GPU is missing
+    torch = import_torch_on(device, args.threads)
     pools = limit_pools(args.threads)
     if torch is None:
-        print("torch is not installed: timing minires alone", file=sys.stderr)
+        print("torch is not installed" + (" or sees no GPU" if device.gpu else "")
+              + ": timing minires alone", file=sys.stderr)
     report: dict[str, Any] = {"machine": machine_info(args.threads, pools, torch),
                               "settings": {k: (str(v) if isinstance(v, Path) else v)
                                            for k, v in vars(args).items() if k != "worker"}}
+    if device.gpu:
+        report["machine"]["gpu"] = gpu_info(torch)
     if not args.skip_precision:
         print("float32 vs float64 gradients ...", file=sys.stderr, flush=True)
         report["float32_gradients"] = float32_gradient_error()
     if not args.skip_ops:
         print(f"ops at batch {args.ops_batch} ...", file=sys.stderr, flush=True)
-        report["ops"] = bench_ops(args.ops_batch, args.op_reps, torch)
+        report["ops"] = bench_ops(args.ops_batch, args.op_reps, torch, device,
+                                  warmup=3 if device.gpu else 1,
+                                  pause=0.0 if device.gpu else OP_PAUSE)
         report["ops_per_step_ms"] = ops_per_step(report["ops"])
     if not args.skip_steps:
         report["steps"] = []
