@@ -235,16 +235,16 @@ def batchnorm_backward(dout: Array, cache: BatchNormCache, need_param_grads: boo
         raise ValueError(f"batchnorm_backward: expected dout of shape {tuple(xc.shape)}, "
                          f"got {tuple(dout.shape)}")
     ndim = xc.ndim
-    dgamma = dbeta = None
-    if need_param_grads or cache.training:
-        dbeta = channel_sum(dout)
-        dgamma = channel_dot(dout, xc) * inv_std        # sum(dout * xhat), xhat = xc * inv_std
     if cache.training and backend.is_numpy_like(backend.namespace(dout, xc)):
         # Fast path: the same arithmetic, split over the CPU threads
         dx, dgamma, dbeta = _backward_training_fast(dout, cache)
         if not need_param_grads:
             dgamma = dbeta = None
         return dx, dgamma, dbeta, None, None
+    dgamma = dbeta = None
+    if need_param_grads or cache.training:
+        dbeta = channel_sum(dout)
+        dgamma = channel_dot(dout, xc) * inv_std        # sum(dout * xhat), xhat = xc * inv_std
     if cache.training:
         # dx = gamma * inv_std * (dout - dbeta / M - xhat * dgamma / M), built
         # in place in one new buffer, starting from the xhat term (4 passes
