@@ -107,6 +107,12 @@ def namespace(*arrays: Array) -> ModuleType:
 _NUMPY_NAMESPACE = array_api_compat.array_namespace(np.empty(0))
 
 
+def type_name(a: Any) -> str:
+    """``numpy.ndarray``, ``cupy.ndarray``, ...: where an array lives, for
+    error messages."""
+    return f"{type(a).__module__.split('.')[0]}.{type(a).__name__}"
+
+
 def is_numpy_like(xp_: ModuleType) -> bool:
     """True for NumPy and CuPy namespaces: both offer ``lib.stride_tricks``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from util import host, rel, torch_or_skip
+from util import host, rel, strict, torch_or_skip
 
 from minires import backend, nn
 from minires.gradcheck import check_module
@@ -342,3 +342,15 @@ def test_modules_run_under_array_api_strict(rng):
     assert rel(dx, dx_ref) < 1e-12
     for (name, p), q in zip(net.named_parameters(), ref.parameters(), strict=True):
         assert rel(p.grad, q.grad) < 1e-12, name
+
+
+def test_input_and_parameters_in_different_array_libraries_name_the_layer(rng):
+    """An input on another backend (here array-api-strict, standing in for a GPU
+    array) than the parameters gives an error naming the layer and both."""
+    x = strict(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    for layer in (nn.Conv2d(3, 4, 3), nn.BatchNorm2d(3)):
+        with pytest.raises(ValueError, match=r"input is a array_api_strict\.Array but the "
+                                             r"parameters are numpy\.ndarray"):
+            layer(x)
+    with pytest.raises(ValueError, match=r"Linear.*numpy\.ndarray"):
+        nn.Linear(5, 2)(strict(np.ones((2, 5), np.float32)))

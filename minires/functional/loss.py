@@ -62,7 +62,7 @@ def _check_inputs(logits: Any, y: Any, label_smoothing: float, op: str) -> None:
         backend.namespace(logits, y)
     except TypeError:
         raise ValueError(f"{op}: expected targets from the same array library as the logits "
-                         f"({type(logits).__name__}), got {type(y).__name__}") from None
+                         f"({backend.type_name(logits)}), got {backend.type_name(y)}") from None
     if not xp.isdtype(y.dtype, "integral"):
         raise ValueError(f"{op}: expected integer class indices, got dtype {y.dtype}")
     lo, hi = int(xp.min(y)), int(xp.max(y))

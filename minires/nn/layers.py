@@ -47,7 +47,15 @@ def check_input(module: Module, x: Any, expected: str, ndim: int,
 
 
 def check_dtype(module: Module, x: Array, param: Parameter) -> None:
-    """No silent mixing of float32 and float64 (PyTorch raises too)."""
+    """Input and parameters in the same array library (the same device), and
+    no silent mixing of float32 and float64 (PyTorch raises too)."""
+    try:
+        backend.namespace(x, param.data)
+    except TypeError:
+        raise ValueError(f"{module.describe()}: input is a {backend.type_name(x)} but the "
+                         f"parameters are {backend.type_name(param.data)}; move one to the "
+                         "other, e.g. model.to(device=...) or minires.backend.asarray(x)"
+                         ) from None
     if x.dtype != param.data.dtype:
         raise ValueError(f"{module.describe()}: input dtype {x.dtype} does not match parameter "
                          f"dtype {param.data.dtype}; convert one, e.g. model.to(dtype='float64')")
