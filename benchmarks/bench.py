@@ -342,7 +342,8 @@ class MiniresStep:
     def step(self) -> float:
         self.optimizer.zero_grad()
         loss = self.criterion(self.model(self.x), self.y)
-        self.model.backward(self.criterion.backward())
+        # parameter gradients only, like torch for an input without requires_grad
+        self.model.backward(self.criterion.backward(), input_grad=False)
         self.optimizer.step()
         return float(loss)
 

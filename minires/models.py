@@ -73,12 +73,21 @@ class ResNet(Module):
             x = layer(x)
         return x
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
         """Gradient of the loss with respect to the input, given ``dout`` =
-        dL/dlogits (N, num_classes); parameter gradients accumulate on the way."""
-        for layer in reversed(list(self.children())):
+        dL/dlogits (N, num_classes); parameter gradients accumulate on the way.
+
+        ``input_grad=False`` returns None instead: a training step needs the
+        parameters' gradients only, and the first convolution then skips its
+        input gradient (as PyTorch does for an input that does not require
+        a gradient); the parameters' gradients are the same."""
+        first, *rest = list(self.children())
+        for layer in reversed(rest):
             dout = layer.backward(dout)
-        return dout
+        if isinstance(first, Conv2d):
+            return first.backward(dout, input_grad=input_grad)
+        dx = first.backward(dout)
+        return dx if input_grad else None
 
     def blocks(self) -> list[tuple[str, Module]]:
         """The residual (or plain) blocks with their dotted names, input to output."""

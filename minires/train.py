@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from . import backend
 from .checkpoint import load_checkpoint, save_checkpoint
+from .models import ResNet
 from .nn import CrossEntropyLoss, Module, init
 from .plot import plot_history
 
@@ -187,7 +188,12 @@ class Trainer:
                 if not math.isfinite(loss):
                     self._diverged(f"the training loss became {loss} at epoch "
                                    f"{self.epoch + 1}, batch {batch + 1}")
-                self.model.backward(self.criterion.backward())
+                dlogits = self.criterion.backward()
+                if isinstance(self.model, ResNet):
+                    # the parameters' gradients only: the stem skips dx
+                    self.model.backward(dlogits, input_grad=False)
+                else:
+                    self.model.backward(dlogits)
                 self.optimizer.step()
                 self.model.zero_grad()
                 n = int(x.shape[0])

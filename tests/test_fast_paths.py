@@ -91,6 +91,49 @@ def test_im2col_chunks_tile_the_im2col_matrix(case, chunk_bytes):
     np.testing.assert_array_equal(np.concatenate([blk for _, blk in blocks], axis=1), cols_t)
 
 
+@given(case=conv_cases())
+def test_phase_col2im_equals_col2im(case):
+    """Any stride, kernel and padding (the kernel smaller than the stride
+    too, which leaves pixels no offset touches): dcols laid out on the
+    phases' grid, zero off the outputs, add up to col2im's image, to the
+    last bit (each pixel gets the same terms in the same order)."""
+    x, w, _, stride, padding, _ = case
+    n, c, h, wd = x.shape
+    kernel = tuple(w.shape[2:])
+    oh, ow = conv.conv2d_output_size((h, wd), kernel, stride, padding)
+    rng = np.random.default_rng(n * 1000 + c)
+    cols = rng.standard_normal((n * oh * ow, c * kernel[0] * kernel[1]))
+    want = conv.col2im(cols, x.shape, kernel, stride, padding)
+    hg, wg = conv.phase_grid_size((oh, ow), kernel, stride)
+    dcols_t = np.zeros((cols.shape[1], n, hg, wg))
+    dcols_t[:, :, :oh, :ow] = cols.T.reshape(-1, n, oh, ow)
+    dx_t = np.zeros((c, n, h, wd))
+    conv.phase_col2im(dcols_t.reshape(cols.shape[1], -1), x.shape, kernel, stride, padding, dx_t)
+    np.testing.assert_array_equal(dx_t.transpose(1, 0, 2, 3), want)
+
+
+@given(case=conv_cases())
+def test_conv_backward_without_input_grad_gives_the_same_parameter_grads(case):
+    """need_input_grad=False (a network's first layer) returns dx None and
+    the very same dw and db, on the fast and on the portable path."""
+    x, w, b, stride, padding, dout = case
+    for arrays in ((x, w, b, dout), tuple(None if a is None else strict(a)
+                                          for a in (x, w, b, dout))):
+        xa, wa, ba, da = arrays
+        _, cache = conv.conv2d_forward(xa, wa, ba, stride, padding)
+        full = conv.conv2d_backward(da, cache)
+        _, cache = conv.conv2d_forward(xa, wa, ba, stride, padding)
+        dx, dw, db = conv.conv2d_backward(da, cache, need_input_grad=False)
+        assert dx is None
+        np.testing.assert_array_equal(host(dw), host(full[1]))
+        if b is None:
+            assert db is None
+        else:
+            np.testing.assert_array_equal(host(db), host(full[2]))
+        _, cache = conv.conv2d_forward(xa, wa, ba, stride, padding)
+        assert conv.conv2d_backward(da, cache, False, False) == (None, None, None)
+
+
 @given(case=conv_cases(), chunk_bytes=st.integers(1, 4000))
 def test_shifted_grid_holds_the_im2col_columns_at_every_output_position(case, chunk_bytes):
     """At the grid positions that are outputs, the shifted slices are exactly
@@ -305,6 +348,7 @@ def threads(monkeypatch):
     from minires import parallel
 
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 0)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_CHANNELS_SIZE", 0)
     before = parallel.threads()
     yield parallel.set_threads
     parallel.set_threads(before)
@@ -376,12 +420,19 @@ def test_small_arrays_and_cupy_run_on_one_thread(threads, monkeypatch):
 
     threads(2)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 13)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_CHANNELS_SIZE", 17)
     calls = []
-    parallel.over_channels(calls.append, np.zeros((2, 3, 2)))        # 12 elements
+    parallel.over_images(calls.append, np.zeros((3, 2, 2)))          # 12 elements
     assert calls == [slice(0, 3)]
     calls.clear()
-    parallel.over_channels(calls.append, np.zeros((2, 4, 2)))        # 16 elements
+    parallel.over_images(calls.append, np.zeros((4, 2, 2)))          # 16 elements
     assert sorted(calls, key=lambda s: s.start) == [slice(0, 2), slice(2, 4)]
+    calls.clear()
+    parallel.over_channels(calls.append, np.zeros((2, 4, 2)))        # 16 elements
+    assert calls == [slice(0, 4)]
+    calls.clear()
+    parallel.over_channels(calls.append, np.zeros((2, 6, 2)))        # 24 elements
+    assert sorted(calls, key=lambda s: s.start) == [slice(0, 3), slice(3, 6)]
     calls.clear()
     parallel.over_images(calls.append, strict(np.zeros((4, 4))))     # not NumPy
     assert calls == [slice(0, 4)]

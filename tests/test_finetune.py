@@ -133,9 +133,9 @@ def test_frozen_parameters_get_no_gradient_work_and_never_change(batch, monkeypa
     for module, name in ((conv, "conv2d_backward"), (norm, "batchnorm_backward")):
         original = getattr(module, name)
 
-        def spy(dout, cache, need_param_grads=True, original=original):
+        def spy(dout, cache, need_param_grads=True, original=original, **kwargs):
             flags.append(need_param_grads)
-            return original(dout, cache, need_param_grads=need_param_grads)
+            return original(dout, cache, need_param_grads=need_param_grads, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
     before = host_state(model)

@@ -149,9 +149,9 @@ def test_frozen_parameters_get_no_gradient_and_skip_the_work(rng, monkeypatch):
     seen = []
     real = conv_ops.conv2d_backward
 
-    def spy(dout, cache, need_param_grads=True):
+    def spy(dout, cache, need_param_grads=True, **kwargs):
         seen.append(need_param_grads)
-        return real(dout, cache, need_param_grads=need_param_grads)
+        return real(dout, cache, need_param_grads=need_param_grads, **kwargs)
 
     monkeypatch.setattr(conv_ops, "conv2d_backward", spy)
     out = conv(rng.standard_normal((2, 2, 5, 5)))

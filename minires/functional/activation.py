@@ -71,22 +71,23 @@ def relu_backward(dout: Array, cache: Any) -> Array:
     xp = backend.namespace(dout, on)
     zero = xp.zeros((), dtype=dout.dtype)
     if backend.is_numpy(xp) and dout.ndim >= 2:
-        # Fast path: dout * mask, one SIMD pass, 5-10x faster than NumPy's
-        # where; the mask is multiplied as uint8 (the same bytes), which NumPy
-        # converts faster than booleans. It equals where(on, dout, 0) for a
-        # finite dout (an inf or NaN where the unit is off would give NaN,
-        # not 0: those take the plain path). The channels are split over the
-        # CPU threads (minires.parallel). NumPy only: on CuPy, where is fast
-        # and the finiteness check would stall the GPU's queue.
+        # Fast path: dx = dout AND mask, bit by bit, with the mask widened to
+        # an integer of dout's size that is all ones where the unit is on
+        # (-1, from -True) and all zeros where it is off. It keeps dout's bits
+        # where on and gives +0.0 where off: exactly where(on, dout, 0), inf
+        # and NaN included, in two SIMD passes; NumPy's where takes 10-15x
+        # longer on float32, and dout * mask (1.25x slower than this with its
+        # finiteness check) turns inf * 0 into NaN. The channels are split
+        # over the CPU threads (minires.parallel). NumPy only: CuPy's where is
+        # fast already.
         lib = backend.native(xp)
         dx = lib.empty_like(dout)
+        bits = lib.dtype(f"i{dout.itemsize}")       # int32 for float32, int64 for float64
 
-        def backward_channels(ch: slice) -> bool:
-            if not bool(lib.isfinite(dout[:, ch]).all()):
-                return False
-            lib.multiply(dout[:, ch], on[:, ch].view(lib.uint8), out=dx[:, ch])
-            return True
+        def backward_channels(ch: slice) -> None:
+            mask = lib.negative(on[:, ch].view(lib.int8), dtype=bits)
+            lib.bitwise_and(dout[:, ch].view(bits), mask, out=dx[:, ch].view(bits))
 
-        if all(parallel.over_channels(backward_channels, dout)):
-            return dx
+        parallel.over_channels(backward_channels, dout)
+        return dx
     return xp.where(on, dout, zero)

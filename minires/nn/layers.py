@@ -112,9 +112,13 @@ class Conv2d(Module):
         out, self._cache = conv.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
         return out
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
+        """dx from dout (N, C_out, OH, OW); the weight (and bias) gradients
+        accumulate. ``input_grad=False`` skips dx and returns None: for the
+        first layer of a network, whose input is the data."""
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), need_param_grads=need)
+        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), need_param_grads=need,
+                                          need_input_grad=input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
