@@ -243,6 +243,24 @@ def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
     np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
 
 
+# ---- the sum of the skip connection ------------------------------------------------
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_fast_add_equals_plus_and_keeps_the_layout(rng, threads, n_threads):
+    from minires.functional.add import add
+
+    threads(n_threads)
+    a = cnhw(rng.standard_normal((3, 4, 5, 6)).astype(np.float32))
+    b = rng.standard_normal(a.shape).astype(np.float32)
+    a0, b0 = a.copy(), b.copy()
+    out = add(a, b)
+    np.testing.assert_array_equal(out, a + b)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+    assert out.dtype == np.float32 and out.transpose(1, 0, 2, 3).flags.c_contiguous
+    np.testing.assert_array_equal(host(add(strict(a), strict(b))), a + b)
+
+
 # ---- batch norm ------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape, layout", [((4, 3, 5, 6), "nchw"), ((4, 3, 5, 6), "cnhw"),

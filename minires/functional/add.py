@@ -20,8 +20,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import backend
+from .. import backend, parallel
 from ..backend import Array
+
+
+def add(a: Array, b: Array) -> Array:
+    """``a + b`` elementwise, a new array: the sum of the skip connection, and
+    of the two branches' gradients where they meet again at a block's input.
+
+    Parameters
+    ----------
+    a, b : arrays of the same shape and dtype (not modified)
+
+    Returns
+    -------
+    out : shape and dtype of ``a``
+
+    Fast path (NumPy): the channels (axis 1) split over the CPU threads
+    (``minires.parallel``), each part added into its slice of ``out``, which
+    keeps ``a``'s memory layout (the conv outputs' channel-major one). A
+    plain ``a + b`` runs on one core; on ResNet-20 at batch 128 these sums
+    took about 20 ms of a step.
+    """
+    xp = backend.namespace(a, b)
+    if (backend.is_numpy(xp) and a.ndim >= 2 and tuple(a.shape) == tuple(b.shape)
+            and a.dtype == b.dtype):
+        lib = backend.native(xp)
+        out = lib.empty_like(a)
+        parallel.over_channels(lambda ch: lib.add(a[:, ch], b[:, ch], out=out[:, ch]), a)
+        return out
+    return a + b
 
 
 def add_forward(x: Array, shortcut: Array) -> tuple[Array, Any]:
@@ -37,14 +65,14 @@ def add_forward(x: Array, shortcut: Array) -> tuple[Array, Any]:
     out : same shape and dtype as ``x``
     cache : the shape, to check ``dout`` against in the backward pass
     """
-    xp = backend.namespace(x, shortcut)
+    backend.namespace(x, shortcut)      # raises for arrays of two different libraries
     if tuple(x.shape) != tuple(shortcut.shape):
         raise ValueError(f"add_forward: expected shortcut of the residual's shape "
                          f"{tuple(x.shape)}, got {tuple(shortcut.shape)}")
     if x.dtype != shortcut.dtype:
         raise ValueError(f"add_forward: expected shortcut of dtype {x.dtype} (the residual's), "
                          f"got {shortcut.dtype}")
-    return xp.add(x, shortcut), tuple(x.shape)
+    return add(x, shortcut), tuple(x.shape)
 
 
 def add_backward(dout: Array, cache: Any) -> tuple[Array, Array]:

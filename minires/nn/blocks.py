@@ -45,7 +45,7 @@ from typing import Any
 
 from .. import backend
 from ..backend import Array
-from ..functional.add import add_backward, add_forward
+from ..functional.add import add, add_backward, add_forward
 from ..functional.conv import channel_major_zeros
 from .layers import BatchNorm2d, Conv2d, IntPair, ReLU, _pair, check_input
 from .module import Module, Sequential
@@ -215,7 +215,7 @@ class BasicBlock(_Block):
         else:
             dx_shortcut = self.downsample.backward(dshortcut)
         # Both branches started at x, so their gradients add up there.
-        return dx_residual + dx_shortcut
+        return add(dx_residual, dx_shortcut)
 
 
 class PlainBlock(BasicBlock):
@@ -302,7 +302,7 @@ class Bottleneck(_Block):
         else:
             dx_shortcut = self.downsample.backward(dshortcut)
         # Both branches started at x: their gradients add up there.
-        return dx_residual + dx_shortcut
+        return add(dx_residual, dx_shortcut)
 
 
 
@@ -366,7 +366,7 @@ class PreActBlock(_Block):
         if self.downsample is None:
             # Clean identity path: dL/dx = dL/dH · dF/dx + dL/dH · I.
             dx_residual = self.bn1.backward(self.relu1.backward(dpreact))
-            return dx_residual + dshortcut
+            return add(dx_residual, dshortcut)
         # The projection (or option A) read the pre-activated input, so its
         # gradient joins the residual branch's there, before ReLU1 and BN1.
         dpreact = dpreact + self.downsample.backward(dshortcut)
@@ -431,7 +431,7 @@ class PreActBottleneck(_Block):
         if self.downsample is None:
             # Clean identity path: dL/dx = dL/dH · dF/dx + dL/dH · I.
             dx_residual = self.bn1.backward(self.relu1.backward(dpreact))
-            return dx_residual + dshortcut
+            return add(dx_residual, dshortcut)
         # Projection (or option A) gradient joins at the pre-activated input.
         dpreact = dpreact + self.downsample.backward(dshortcut)
         return self.bn1.backward(self.relu1.backward(dpreact))
