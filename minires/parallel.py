@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import numpy as np
@@ -161,8 +161,16 @@ def _over(work: Callable[[slice], T], x: Any, axis: int, grain: int,
             or not _blas_single_threaded()):
         return [work(slice(0, n))]
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="minires")
-    return list(_pool.map(work, split))
+        _pool = ThreadPoolExecutor(max_workers=threads() - 1, thread_name_prefix="minires")
+    # The calling thread takes the first part itself instead of waiting idle:
+    # one thread fewer to wake per call (ResNet-20 makes about 130 such calls
+    # a step).
+    others = [_pool.submit(work, part) for part in split[1:]]
+    try:
+        first = work(split[0])
+    finally:
+        wait(others)        # no part may still be writing when this returns or raises
+    return [first] + [f.result() for f in others]
 
 
 def _is_numpy(array_type: type) -> bool:
