@@ -14,7 +14,10 @@ Three measurements in one run, both libraries at the same thread count:
    process; the parent asks them for one step at a time, alternating round by
    round, so drift in the machine's load hits both alike, with a pause
    (``--pause``, 0.5 s) before each step so that the thread pools of the
-   other worker have stopped spinning. Each worker reports its peak resident
+   other worker have stopped spinning. The table gives the ratio of the two
+   medians and the *paired ratio*, the median over rounds of minires's step
+   over torch's step of the same round (seconds apart, so the machine's
+   drift cancels best). Each worker reports its peak resident
    memory (VmHWM, or ``ru_maxrss``) above a baseline taken right after its
    imports; the minires worker also reports the peak traced by
    ``tracemalloc`` (NumPy registers its buffers there) over one more step.
@@ -575,6 +578,10 @@ def bench_steps(batch: int, args: argparse.Namespace, have_torch: bool) -> dict[
     if have_torch:
         memory_key = "gpu_peak_mib" if args.device == "cuda" else "peak_rss_mib"
         result["time_ratio"] = result["minires"]["median_ms"] / result["torch"]["median_ms"]
+        # the two steps of a round ran seconds apart: the median of their
+        # ratios cancels the machine's drift between rounds best
+        result["paired_ratio"] = statistics.median(
+            m / t for m, t in zip(samples["minires"], samples["torch"], strict=True))
         result["memory_ratio"] = (result["minires"][memory_key]
                                   / max(result["torch"][memory_key], 1e-9))
     result["pools"] = {w.impl: w.hello.get("pools") for w in workers}
@@ -790,14 +797,16 @@ def markdown(report: dict[str, Any]) -> str:
                                    else ("peak_rss_mib", "peak MiB"))
         lines += ["### ResNet-20 training step (forward, loss, backward, SGD momentum)"
                   + (": minires on CuPy, PyTorch on CUDA" if gpu else ""), "",
-                  "| batch | minires ms | torch ms | ratio | minires img/s | torch img/s "
-                  f"| minires {memory_name} | torch {memory_name} | memory ratio |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| batch | minires ms | torch ms | ratio | paired ratio | minires img/s "
+                  f"| torch img/s | minires {memory_name} | torch {memory_name} "
+                  "| memory ratio |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in steps:
             t = s.get("torch", {})
             lines.append(
                 f"| {s['batch']} | {fmt(s['minires']['median_ms'])} | {fmt(t.get('median_ms'))} "
-                f"| {fmt(s.get('time_ratio'), 2)} | {fmt(s['minires']['images_per_s'], 0)} "
+                f"| {fmt(s.get('time_ratio'), 2)} | {fmt(s.get('paired_ratio'), 2)} "
+                f"| {fmt(s['minires']['images_per_s'], 0)} "
                 f"| {fmt(t.get('images_per_s'), 0)} | {fmt(s['minires'][memory_key], 0)} "
                 f"| {fmt(t.get(memory_key), 0)} | {fmt(s.get('memory_ratio'), 2)} |")
         lines.append("")
@@ -887,7 +896,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ops-batch", type=int, default=None, help="batch of the op timings "
                    "(default 128, 32 with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="timed steps per implementation "
-                   "(default 9, 5 with --quick)")
+                   "(default 15, 5 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3)")
     p.add_argument("--op-reps", type=int, default=None, help="timed repetitions per op "
                    "(default 7, 5 with --quick; 25 and 10 on cuda)")
@@ -910,7 +919,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu = args.device == "cuda"
     args.batches = args.batches or ([32] if args.quick else [32, 128, 512] if gpu else [32, 128])
     args.ops_batch = args.ops_batch or (32 if args.quick else 128)
-    args.rounds = args.rounds or (5 if args.quick else 9)
+    args.rounds = args.rounds or (5 if args.quick else 15)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
     args.op_reps = args.op_reps or ((10 if args.quick else 25) if gpu
                                     else (5 if args.quick else 7))
