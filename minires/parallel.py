@@ -33,6 +33,9 @@ multi-threaded OpenBLAS at once gave wrong products), the array is small
 (``MIN_PARALLEL_SIZE``), there is one thread, or the arrays are CuPy's
 (the GPU is parallel already).
 
+The calling thread runs the first part itself and a pool of ``threads - 1``
+workers the others, so a call wakes one thread fewer.
+
 The number of threads: ``MINIRES_THREADS`` if set, else the cores this
 process may use; change it with ``set_threads``.
 """

@@ -2,9 +2,11 @@
 
 Every fast path (guarded by ``backend.is_numpy_like``) must give the numbers
 of the portable path, which array-api-strict runs: conv chunked by images and
-its input gradient by convolution, both over the shifted grid, ReLU by maximum and a mask product. Batch
-norm has no fast path, but must keep the channel-major layout of the conv
-outputs it receives (the next conv's im2col reads it without a copy). Plus,
+its input gradient by convolution, both over the shifted grid, or by
+phases for strided convolutions; ReLU by maximum and a bitwise mask; batch
+norm and the skip connection's sum split over threads. Every path must keep
+the channel-major layout of the conv outputs it receives (the next conv's
+im2col reads it without a copy). Plus,
 for the whole network, float32 gradients of every ResNet-20 parameter within
 1e-4 of float64 (the benchmark reports the same figure).
 """
@@ -439,18 +441,16 @@ def test_small_arrays_and_cupy_run_on_one_thread(threads, monkeypatch):
     threads(2)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 13)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_CHANNELS_SIZE", 17)
+    cases = [  # (split, array, parts); convolutions from 13 elements, the rest from 17
+        (parallel.over_images, np.zeros((3, 2, 2)), [slice(0, 3)]),
+        (parallel.over_images, np.zeros((4, 2, 2)), [slice(0, 2), slice(2, 4)]),
+        (parallel.over_channels, np.zeros((2, 4, 2)), [slice(0, 4)]),
+        (parallel.over_channels, np.zeros((2, 6, 2)), [slice(0, 3), slice(3, 6)]),
+    ]
+    for split, x, want in cases:
+        calls = []
+        split(calls.append, x)
+        assert sorted(calls, key=lambda s: s.start) == want, (split.__name__, x.shape)
     calls = []
-    parallel.over_images(calls.append, np.zeros((3, 2, 2)))          # 12 elements
-    assert calls == [slice(0, 3)]
-    calls.clear()
-    parallel.over_images(calls.append, np.zeros((4, 2, 2)))          # 16 elements
-    assert sorted(calls, key=lambda s: s.start) == [slice(0, 2), slice(2, 4)]
-    calls.clear()
-    parallel.over_channels(calls.append, np.zeros((2, 4, 2)))        # 16 elements
-    assert calls == [slice(0, 4)]
-    calls.clear()
-    parallel.over_channels(calls.append, np.zeros((2, 6, 2)))        # 24 elements
-    assert sorted(calls, key=lambda s: s.start) == [slice(0, 3), slice(3, 6)]
-    calls.clear()
     parallel.over_images(calls.append, strict(np.zeros((4, 4))))     # not NumPy
     assert calls == [slice(0, 4)]
