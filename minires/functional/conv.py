@@ -611,8 +611,8 @@ def _forward_images(x: Array, w: Array, stride: tuple[int, int], padding: tuple[
     c_out, n, oh, ow = out_t.shape
     kernel = tuple(w.shape[2:])
     w_mat = xp.reshape(w, (c_out, -1))
-    # only the grid positions that are outputs are kept
     if on_grid(kernel, stride, padding):
+        # only the grid positions that are outputs are kept
         for images, cols_t, grid in shifted_grid(x, kernel, padding, chunk=chunk):
             out_t[:, images] = grid_interior(grid_product(cols_t, w_mat), grid, (oh, ow))
         return
