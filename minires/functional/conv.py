@@ -403,8 +403,24 @@ def _phase_span(a: int, p: int, s: int, size: int, cells: int) -> tuple[slice, s
     return slice(u0, u0 + count), slice(r0, r0 + s * (count - 1) + 1 if count else r0, s)
 
 
+def _phase_tail(kernel: tuple[int, int], stride: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Entries past the last image that the largest shift reaches: they take
+    the zero columns of ``dcols_t`` there."""
+    return ((kernel[0] - 1) // stride[0]) * grid[1] + (kernel[1] - 1) // stride[1]
+
+
+def phase_buffer(xp: Any, c: int, m: int, kernel: tuple[int, int], stride: tuple[int, int],
+                 grid: tuple[int, int], dtype: Any) -> Array:
+    """Room for ``phase_col2im``'s phases of up to ``m`` images, to reuse
+    over a loop of chunks: (phases, C, m*Hg*Wg + tail)."""
+    phases, _ = phase_taps(kernel, stride, grid)
+    return xp.empty((len(phases), c, m * grid[0] * grid[1] + _phase_tail(kernel, stride, grid)),
+                    dtype=dtype)
+
+
 def phase_col2im(dcols_t: Array, x_shape: tuple[int, int, int, int], kernel: tuple[int, int],
-                 stride: tuple[int, int], padding: tuple[int, int], dx_t: Array) -> None:
+                 stride: tuple[int, int], padding: tuple[int, int], dx_t: Array,
+                 buffer: Array | None = None) -> None:
     """``col2im`` of a few images for a convolution of any stride, by adding
     long contiguous slices into the *phases* of the padded image (NumPy/CuPy).
 
@@ -432,6 +448,7 @@ def phase_col2im(dcols_t: Array, x_shape: tuple[int, int, int, int], kernel: tup
     kernel, stride, padding : (h, w) pairs of the convolution.
     dx_t : (C, m, H, W), receives the input gradient (a view into the whole);
         pixels that no kernel offset touches are left as they are.
+    buffer : from ``phase_buffer`` for at least m images, or None (a new one).
     """
     xp = backend.namespace(dcols_t)
     m, c, h, w = x_shape
@@ -440,10 +457,12 @@ def phase_col2im(dcols_t: Array, x_shape: tuple[int, int, int, int], kernel: tup
     hg, wg = grid = phase_grid_size(out_size, kernel, stride)
     phases, taps = phase_taps(kernel, stride, grid)
     size = m * hg * wg
-    # zeros, plus a tail for the slices that run past the last image (they
-    # add the zero columns of dcols_t there)
-    tail = ((kh - 1) // stride[0]) * wg + (kw - 1) // stride[1]
-    flat = xp.zeros((len(phases), c, size + tail), dtype=dcols_t.dtype)
+    if buffer is None:
+        buffer = phase_buffer(xp, c, m, kernel, stride, grid, dcols_t.dtype)
+    # the phases start at zero, with a tail for the slices that run past the
+    # last image
+    flat = buffer[:, :, :size + _phase_tail(kernel, stride, grid)]
+    flat[...] = 0
     cells = xp.reshape(flat[:, :, :size], (len(phases), c, m, hg, wg))
     blocks = xp.reshape(dcols_t, (c, kh * kw, size))
     for t, (f, shift) in enumerate(taps):
@@ -674,16 +693,16 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
     w_mat = xp.reshape(w, (c_out, -1))
     if fast:
         # Fast path: the same products, dx by phase_col2im, the images split
-        # over the CPU threads
-        # (minires.parallel), dw_mat summed over chunks of images.
-        dx_t = xp.zeros((x.shape[1], n, *x.shape[2:]), dtype=x.dtype) if need_input_grad else None
+        # over the CPU threads (minires.parallel), dw_mat summed over chunks
+        # of images.
+        dx = channel_major_zeros(xp, tuple(x.shape), x.dtype) if need_input_grad else None
         chunk = chunk_images(x, kernel, stride, padding, grid=False)
         parts = parallel.over_images(
             lambda images: _backward_phases_images(
                 dout[images], x[images], w_mat, kernel, stride, padding,
-                None if dx_t is None else dx_t[:, images], need_param_grads, chunk),
+                None if dx is None else xp.permute_dims(dx[images], (1, 0, 2, 3)),
+                need_param_grads, chunk),
             x, grain=chunk)
-        dx = None if dx_t is None else xp.permute_dims(dx_t, (1, 0, 2, 3))
         if not need_param_grads:
             return dx, None, None
         return dx, xp.reshape(sum_in_order(parts).T, w.shape), db
@@ -712,14 +731,15 @@ def _backward_phases_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[i
     n, c_out, oh, ow = dout.shape
     terms = []
     if dx_t is not None:
-        hg, wg = phase_grid_size((oh, ow), kernel, stride)
+        hg, wg = grid = phase_grid_size((oh, ow), kernel, stride)
         dout_grid = xp.zeros((c_out, min(chunk, n), hg, wg), dtype=dout.dtype)
+        phases = phase_buffer(xp, x.shape[1], min(chunk, n), kernel, stride, grid, dout.dtype)
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
             dout_grid[:, :m, :oh, :ow] = xp.permute_dims(dout[n0:n0 + m], (1, 0, 2, 3))
             g = xp.reshape(dout_grid[:, :m], (c_out, m * hg * wg))
             phase_col2im(grid_product(g, w_mat.T), (m, *x.shape[1:]), kernel, stride, padding,
-                         dx_t[:, n0:n0 + m])
+                         dx_t[:, n0:n0 + m], phases)
     if need_param_grads:
         # dw_mat = dout_mat.T @ cols, a sum over chunks of images; OpenBLAS
         # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
