@@ -248,14 +248,25 @@ def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
 # ---- the sum of the skip connection ------------------------------------------------
 
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_fast_add_equals_plus_and_keeps_the_layout(rng, threads, n_threads):
+def test_fast_add_equals_plus_and_keeps_the_layout(rng, threads, monkeypatch, n_threads):
+    from minires import parallel
     from minires.functional.add import add
 
     threads(n_threads)
+    parts = []
+    split = parallel.over_channels
+
+    def spy(work, x):
+        return split(lambda ch: (parts.append(ch), work(ch))[1], x)
+
+    monkeypatch.setattr(parallel, "over_channels", spy)
     a = cnhw(rng.standard_normal((3, 4, 5, 6)).astype(np.float32))
     b = rng.standard_normal(a.shape).astype(np.float32)
     a0, b0 = a.copy(), b.copy()
     out = add(a, b)
+    # the fast path ran, its parts covering the channels once
+    assert sorted((p.start, p.stop) for p in parts) == ([(0, 4)] if n_threads == 1
+                                                        else [(0, 2), (2, 4)])
     np.testing.assert_array_equal(out, a + b)
     np.testing.assert_array_equal(a, a0)
     np.testing.assert_array_equal(b, b0)

@@ -345,27 +345,34 @@ def test_grad_norms_benchmark_runs(tmp_path):
     assert "resnet8" in mod.table(results)
 
 
-def test_backward_without_input_grad_gives_the_same_parameter_grads():
+def test_backward_without_input_grad_gives_the_same_parameter_grads(monkeypatch):
     """model.backward(dout, input_grad=False), as the Trainer and the
-    benchmark call it: None instead of dx, the stem skips its input gradient,
-    and every parameter gradient is the same to the last bit."""
-    import numpy as np
-
-    from minires.models import resnet_cifar
-    from minires.nn import init
+    benchmark call it: None instead of dx, the stem (and only the stem)
+    skips its input gradient, and every parameter gradient is the same to
+    the last bit."""
+    from minires.functional import conv
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
     dout = rng.standard_normal((4, 10)).astype(np.float32)
+    asked, real = [], conv.conv2d_backward
+
+    def spy(dout, cache, need_param_grads=True, need_input_grad=True):
+        asked.append(need_input_grad)
+        return real(dout, cache, need_param_grads, need_input_grad)
+
+    monkeypatch.setattr(conv, "conv2d_backward", spy)
     grads = []
     for input_grad in (True, False):
         init.manual_seed(0)
-        model = resnet_cifar(8)
+        model = models.resnet_cifar(8)
         model.train()
         model(x)
         dx = model.backward(dout, input_grad=input_grad)
         assert (dx is None) == (not input_grad)
         grads.append({k: p.grad.copy() for k, p in model.named_parameters()})
+    # ResNet-8 has 7 convs; the stem is the last one the backward pass reaches
+    assert asked == [True] * 7 + [True] * 6 + [False]
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         np.testing.assert_array_equal(grads[0][k], grads[1][k], err_msg=k)
