@@ -159,6 +159,23 @@ def test_shifted_grid_holds_the_im2col_columns_at_every_output_position(case, ch
         next(conv.shifted_grid(x, kernel, kernel))
 
 
+@pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 3), (0, 0)),
+                                             ((3, 2), (2, 1)), ((5, 3), (2, 0))])
+def test_shifted_grid_reads_padding_as_zeros_next_to_inf(kernel, padding):
+    """The shifted slices read the neighbouring row or image where im2col
+    reads padding; those entries must be set to zero, not multiplied by it:
+    with inf and nan on every image's border the columns are still exactly
+    im2col's (inf and nan where they are pixels, 0 where they are padding)."""
+    x = np.ones((3, 2, 5, 6))
+    x[:, :, 0], x[:, :, -1] = np.inf, -np.inf
+    x[:, :, :, 0], x[:, :, :, -1] = np.nan, np.inf
+    oh, ow = conv.conv2d_output_size(x.shape[2:], kernel, (1, 1), padding)
+    want = conv.im2col(x, kernel, 1, padding, portable=True).T.reshape(-1, 3, oh, ow)
+    for images, cols_t, grid in conv.shifted_grid(x, kernel, padding, chunk=2):
+        np.testing.assert_array_equal(conv.grid_interior(cols_t, grid, (oh, ow)),
+                                      want[:, images])
+
+
 @pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 2), (0, 1)),
                                              ((1, 1), (0, 0)), ((5, 3), (4, 2))])
 @pytest.mark.parametrize("x_layout", ["nchw", "cnhw"])

@@ -68,11 +68,13 @@ products in three other ways, each measured on ResNet-20 at batch 128 on a
   (``conv2d_backward_by_convolution``). Strided convolutions, and those
   with more output than input channels (the stem), keep the product and
   col2im, by phases (below).
-- *The shifted grid, for stride 1* (``shifted_grid``). Laid out with shared
-  zero borders and flattened, the images turn every kernel offset (i, j)
-  into a fixed shift along one long vector, so each row of ``cols.T`` is a
+- *The shifted grid, for stride 1* (``shifted_grid``). Laid out back to
+  back and flattened, the images turn every kernel offset (i, j) into a
+  fixed shift along one long vector, so each row of ``cols.T`` is a
   contiguous slice: one long copy per row instead of a strided gather of
-  runs of OW numbers. The forward pass and both backward products of stride-1
+  runs of OW numbers. The few shifted reads that fall off an image (where
+  im2col reads padding) land on a neighbouring row or image and are zeroed
+  after the copy. The forward pass and both backward products of stride-1
   convolutions use it; about 1.2x on the whole ResNet-20 step.
 - *col2im by phases, for any stride* (``phase_col2im``). The pixels a
   stride-s kernel offset (i, j) touches all lie in one *phase* of the padded
@@ -135,9 +137,10 @@ def on_grid(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int
 
 def grid_size(size: tuple[int, int], kernel: tuple[int, int],
               padding: tuple[int, int]) -> tuple[int, int]:
-    """(Hg, Wg) of ``shifted_grid``: each image row and column followed by the
-    zeros both sides of the padding need, shared between neighbours."""
-    return tuple(n + max(p, k - 1 - p) for n, k, p in zip(size, kernel, padding, strict=True))
+    """(Hg, Wg) of ``shifted_grid``'s cells: the larger of the image and the
+    output on each axis; both for a "same" convolution (``2*p == K - 1``)."""
+    out = conv2d_output_size(size, kernel, (1, 1), padding)
+    return tuple(max(n, o) for n, o in zip(size, out, strict=True))
 
 
 def chunk_images(x: Array, kernel: tuple[int, int], stride: tuple[int, int],
@@ -478,22 +481,27 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     """``cols.T`` of a stride-1 convolution, a few images at a time, by
     shifting one flat buffer instead of gathering windows (NumPy/CuPy only).
 
-    The images are laid out on a *grid*: each image row is followed by
-    ``pw' = max(pw, KW-1-pw)`` zero columns and each image by ``ph'`` zero
-    rows, and the whole chunk is flattened, per channel, into one long
-    vector (the left padding of a row is the right padding of the row
-    before it, so the zeros are shared). On that vector, moving the kernel
-    by (i, j) is moving by ``i*Wg + j`` entries (``Wg = W + pw'``), so row
+    Each image sits at the top left of a cell of (Hg, Wg) = ``grid_size``
+    pixels (the image itself for a "same" convolution, such as a 3x3 kernel
+    with padding 1), the cells follow one another, and the whole chunk is
+    flattened, per channel, into one long vector. On that vector, moving
+    the kernel by (i, j) is moving by ``i*Wg + j`` entries, so row
     ``(c, i, j)`` of ``cols.T`` is one contiguous slice of channel ``c``:
 
-        cols_t[(c, i, j), q] = flat[c, q + i*Wg + j]
+        cols_t[(c, i, j), q] = flat[c, q + (i - ph)*Wg + (j - pw)]
 
-    for every grid position ``q = n*Hg*Wg + oh*Wg + ow``. Copying C*KH*KW
-    long slices is much faster than ``im2col_chunks``'s strided copy of
-    runs of OW numbers (2x on ResNet-20's 8x8 maps). The price: the
-    product also computes the grid positions outside the output
-    (``oh >= OH`` or ``ow >= OW``), about 7% more work on 32x32 maps, 27%
-    on 8x8; ``grid_interior`` drops them.
+    for every grid position ``q = n*Hg*Wg + r*Wg + s``. Where im2col reads
+    padding, pixel ``(r + i - ph, s + j - pw)`` lies off the image, and the
+    slice has read a pixel of the row beside it, or of the image above or
+    below: those entries (a border of each tap's rows and columns) are set
+    to zero after the copy. Copying C*KH*KW long slices is much faster than
+    ``im2col_chunks``'s strided copy of runs of OW numbers (2x on
+    ResNet-20's 8x8 maps), and every grid position of a "same" convolution
+    is an output. (An earlier grid kept a zero column and a zero row around
+    every image instead of zeroing the taps: the product then also computed
+    those positions, 27% more work on 8x8 maps; zeroing the taps made the
+    64-channel convolutions 1.15x faster.) When the output is smaller than
+    the cells, ``grid_interior`` drops the rest.
 
     Yields ``(images, cols_t, grid)`` for consecutive chunks of images:
     ``images`` the slice of images, ``cols_t`` (C*KH*KW, n_chunk*Hg*Wg) and
@@ -515,15 +523,18 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     hg, wg = grid_size((h, w), (kh, kw), (ph, pw))
     per_image = c * kh * kw * hg * wg                # entries of cols_t per image
     chunk = min(n, chunk or _chunk_images(n, per_image, x, chunk_bytes))
-    # flat[c, lead + n*Hg*Wg + h*Wg + w] holds x[n, c, h, w]; ``lead`` zeros in
-    # front serve as the top and left padding of the first image, and the
-    # tail as the bottom and right padding of the last. Only the interior is
-    # ever written, so the zeros stay zeros.
+    # flat[c, lead + n*Hg*Wg + h*Wg + w] holds x[n, c, h, w]. The ``lead``
+    # entries in front and the tail keep every shifted read inside the
+    # buffer; they, and the cells' parts beyond the image, stay zero.
     lead = ph * wg + pw
     flat = xp.zeros((c, lead + chunk * hg * wg + kh * wg + kw), dtype=x.dtype)
     interior = xp.reshape(flat[:, lead:lead + chunk * hg * wg], (c, chunk, hg, wg))
     buffer = xp.empty(c * kh * kw * chunk * hg * wg, dtype=x.dtype)
     s_c, s_q = flat.strides
+    # tap i reads image row r + i - ph: off the image for rows r < ph - i
+    # and r >= h + ph - i of the cell; likewise for tap j and the columns
+    rows_off = [(i, slice(0, max(ph - i, 0)), slice(max(h + ph - i, 0), hg)) for i in range(kh)]
+    cols_off = [(j, slice(0, max(pw - j, 0)), slice(max(w + pw - j, 0), wg)) for j in range(kw)]
     for n0 in range(0, n, chunk):
         m = min(chunk, n - n0)
         size = m * hg * wg
@@ -532,6 +543,13 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
         shifted = as_strided(flat, shape=(c, kh, kw, size), strides=(s_c, wg * s_q, s_q, s_q))
         cols_t = xp.reshape(buffer[:c * kh * kw * size], (c * kh * kw, size))
         xp.reshape(cols_t, shifted.shape)[...] = shifted
+        taps = xp.reshape(cols_t, (c, kh, kw, m, hg, wg))
+        for i, before, after in rows_off:
+            taps[:, i, :, :, before] = 0
+            taps[:, i, :, :, after] = 0
+        for j, before, after in cols_off:
+            taps[:, :, j, :, :, before] = 0
+            taps[:, :, j, :, :, after] = 0
         yield slice(n0, n0 + m), cols_t, (hg, wg)
 
 
@@ -551,6 +569,21 @@ def grid_product(cols_t: Array, w_mat: Array) -> Array:
     out = xp.empty((w_mat.shape[0], cols_t.shape[1]), dtype=cols_t.dtype)
     backend.native(xp).matmul(cols_t.T, w_mat.T, out=out.T)
     return out
+
+
+def grid_product_into(out_t: Array, cols_t: Array, w_mat: Array, grid: tuple[int, int]) -> None:
+    """``out_t`` (K, n, OH, OW) = the output positions of ``w_mat @ cols_t``
+    (``grid_product``, then ``grid_interior``). When every grid position is
+    an output and each ``out_t[k]`` is one contiguous block (a slice of
+    images of the conv's output), the product is written straight into it."""
+    xp = backend.namespace(out_t, cols_t, w_mat)
+    k, n, oh, ow = out_t.shape
+    item = out_t.itemsize
+    if grid == (oh, ow) and out_t.strides[1:] == (oh * ow * item, ow * item, item):
+        out_mat = xp.reshape(out_t, (k, n * oh * ow))          # a view, by the strides
+        backend.native(xp).matmul(cols_t.T, w_mat.T, out=out_mat.T)
+    else:
+        out_t[...] = grid_interior(grid_product(cols_t, w_mat), grid, (oh, ow))
 
 
 # ---- convolution by im2col ----------------------------------------------------
@@ -633,7 +666,7 @@ def _forward_images(x: Array, w: Array, stride: tuple[int, int], padding: tuple[
     if on_grid(kernel, stride, padding):
         # only the grid positions that are outputs are kept
         for images, cols_t, grid in shifted_grid(x, kernel, padding, chunk=chunk):
-            out_t[:, images] = grid_interior(grid_product(cols_t, w_mat), grid, (oh, ow))
+            grid_product_into(out_t[:, images], cols_t, w_mat, grid)
         return
     # In this orientation OpenBLAS splits the output pixels across threads
     # (1.3 to 1.6x on 2 cores); w_mat @ cols.T, with only C_out rows, hardly
@@ -836,17 +869,24 @@ def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
     for images, colsd_t, grid in shifted_grid(dout, (kh, kw), (kh - 1 - ph, kw - 1 - pw),
                                               chunk=chunk):
         if dx_t is not None:
-            dx_t[:, images] = grid_interior(grid_product(colsd_t, w_flipped_mat), grid, (h, wd))
+            grid_product_into(dx_t[:, images], colsd_t, w_flipped_mat, grid)
         if need_param_grads:
-            # x laid out on the same grid, zero where the grid is not an
-            # output position, so those columns of colsd add nothing to dw
             m = images.stop - images.start
-            if x_grid is None:
-                x_grid = xp.zeros((c_in, m, *grid), dtype=x.dtype)
-            x_grid[:, :m, :h, :wd] = xp.permute_dims(x[images], (1, 0, 2, 3))
+            x_images = xp.permute_dims(x[images], (1, 0, 2, 3))       # (C_in, m, H, W)
+            if grid == (h, wd):
+                # every grid position is an input pixel: x itself (a view
+                # when x is laid out channel-major, as conv outputs are)
+                x_mat = xp.reshape(x_images, (c_in, -1))
+            else:
+                # x laid out on the grid, zero where the grid is not an
+                # input pixel, so those columns of colsd add nothing to dw
+                if x_grid is None:
+                    x_grid = xp.zeros((c_in, m, *grid), dtype=x.dtype)
+                x_grid[:, :m, :h, :wd] = x_images
+                x_mat = xp.reshape(x_grid[:, :m], (c_in, -1))
             # dw_flipped_mat.T: OpenBLAS computes colsd.T @ x_mat 1.3 to 1.8x
             # faster than its transpose x_mat.T @ colsd
-            terms.append(colsd_t @ xp.reshape(x_grid[:, :m], (c_in, -1)).T)
+            terms.append(colsd_t @ x_mat.T)
     return terms
 
 
