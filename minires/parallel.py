@@ -12,14 +12,20 @@ Batch norm and ReLU split their *channels* the same way
 (``over_channels``). NumPy releases Python's GIL inside its copies,
 elementwise loops and BLAS calls, so plain Python threads run in parallel.
 
-The images of a convolution are independent, so the parts write disjoint
-slices of the output; only the weight gradient is a sum over images. The
-parts are made of whole chunks of the convolution's loop (a part starts at
-a multiple of its chunk size), each part returns its chunks' terms, and the
-caller adds all terms in chunk order: the sum a single thread makes. Batch
-norm's per-channel sums do not depend on the other channels. So the numbers
-do not depend on the number of threads: a run with a given seed gives the
-same weights, to the last bit, on a laptop and on a server.
+The images of a convolution are independent, so its chunks of images
+(the loop of copies and products in ``functional/conv.py``) can run on any
+thread, and write disjoint slices of the output; only the weight gradient
+is a sum over images. ``over_chunks`` hands the chunks out one at a time,
+to whichever thread asks first, instead of cutting the batch into one
+fixed part per thread: on a shared or virtual machine one core is often
+slowed down for a while, and with fixed halves the other then waited at
+the end of every call (13% of a ResNet-20 step at batch 128 on this 2-core
+VM went to one thread waiting). Each chunk's result comes back tagged with
+its chunk, and the caller adds the weight-gradient terms in chunk order:
+the sum a single thread makes, whichever thread computed which chunk.
+Batch norm's per-channel sums do not depend on the other channels. So the
+numbers do not depend on the number of threads: a run with a given seed
+gives the same weights, to the last bit, on a laptop and on a server.
 
 With more than one thread, minires limits BLAS to one thread for the whole
 process (through ``threadpoolctl``), not only while a convolution runs: an
@@ -33,8 +39,8 @@ multi-threaded OpenBLAS at once gave wrong products), the array is small
 (``MIN_PARALLEL_SIZE``), there is one thread, or the arrays are CuPy's
 (the GPU is parallel already).
 
-The calling thread runs the first part itself and a pool of ``threads - 1``
-workers the others, so a call wakes one thread fewer.
+The calling thread works too, beside a pool of ``threads - 1`` workers, so
+a call wakes one thread fewer.
 
 The number of threads: ``MINIRES_THREADS`` if set, else the cores this
 process may use; change it with ``set_threads``.
@@ -43,7 +49,8 @@ process may use; change it with ``set_threads``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -58,7 +65,7 @@ _blas_original: list[int] = []      # their thread counts before minires set the
 
 
 def threads() -> int:
-    """How many threads ``over_images`` uses (``MINIRES_THREADS``, else the cores)."""
+    """Threads of ``over_chunks`` and ``over_channels`` (``MINIRES_THREADS``, else the cores)."""
     if _threads is None:
         env = os.environ.get("MINIRES_THREADS", "").strip()
         set_threads(int(env) if env else len(os.sched_getaffinity(0)))
@@ -134,45 +141,92 @@ MIN_PARALLEL_SIZE = 2**17
 MIN_PARALLEL_CHANNELS_SIZE = 2**19
 
 
-def over_images(work: Callable[[slice], T], x: Any, grain: int = 1) -> list[T]:
-    """Call ``work(images)`` for parts of ``range(N)``, ``N = x.shape[0]``,
-    that together cover it, each starting at a multiple of ``grain``.
+def over_chunks(work: Callable[[Iterator[slice]], list[T]], x: Any, chunk: int = 1) -> list[T]:
+    """Call ``work(chunks)`` on every thread, ``chunks`` one stream of the
+    chunks of ``range(N)``, ``N = x.shape[0]``, shared by all: ``slice(0,
+    chunk)``, ``slice(chunk, 2*chunk)``, ... Each chunk goes to the thread
+    that asks for the next one first (module docstring).
 
-    On NumPy with more than one thread, BLAS on one thread (module
-    docstring) and ``x`` of at least ``MIN_PARALLEL_SIZE`` elements, the
-    parts run at the same time, one per thread; otherwise ``work`` runs
-    once, on ``slice(0, N)``. Returns the results, one per part, in order.
-    ``work`` must only write to its own images' slices.
+    ``work`` returns one result per chunk it took, in the order it took
+    them, or an empty list; ``over_chunks`` returns the results in chunk
+    order, the list ``work(iter(all chunks))`` returns, which is what runs,
+    once, on the calling thread, when the threads step aside: BLAS has more
+    than one thread, ``x`` is smaller than ``MIN_PARALLEL_SIZE``, there is
+    one thread or one chunk, or ``x`` is not a NumPy array. ``work`` must
+    only write to its own chunks' slices and must use up its stream.
     """
-    return _over(work, x, 0, grain, MIN_PARALLEL_SIZE)
+    n = x.shape[0]
+    chunks = [slice(a, min(a + chunk, n)) for a in range(0, n, max(1, chunk))]
+    if len(chunks) == 1 or not _parallel(x, MIN_PARALLEL_SIZE):
+        return list(work(iter(chunks)))
+    lock = threading.Lock()
+    order = iter(range(len(chunks)))
+
+    def next_chunk() -> int | None:
+        with lock:
+            return next(order, None)
+
+    def run() -> tuple[list[int], list[T]]:
+        taken: list[int] = []
+        k = next_chunk()
+        if k is None:           # the other threads took every chunk already
+            return taken, []
+
+        def stream(k: int | None) -> Iterator[slice]:
+            while k is not None:
+                taken.append(k)
+                yield chunks[k]
+                k = next_chunk()
+
+        return taken, list(work(stream(k)))
+
+    done = _at_once([run] * threads())
+    if next_chunk() is not None:
+        raise RuntimeError("over_chunks: work stopped before the end of its chunks")
+    results: list[Any] = [None] * len(chunks)
+    returned = False
+    for taken, got in done:
+        if got:
+            if len(got) != len(taken):
+                raise RuntimeError(f"over_chunks: work returned {len(got)} results "
+                                   f"for {len(taken)} chunks")
+            for k, result in zip(taken, got, strict=True):
+                results[k] = result
+            returned = True
+    return results if returned else []
 
 
 def over_channels(work: Callable[[slice], T], x: Any) -> list[T]:
-    """``over_images`` for parts of the channel axis (axis 1) of ``x``: for
+    """Call ``work(channels)`` for parts of the channel axis (axis 1) of
+    ``x``, one contiguous part per thread, at the same time: for
     elementwise and per-channel work (ReLU, batch norm), whose parts are
-    independent too. Arrays under ``MIN_PARALLEL_CHANNELS_SIZE`` elements
-    stay on one thread."""
-    return _over(work, x, 1, 1, MIN_PARALLEL_CHANNELS_SIZE)
-
-
-def _over(work: Callable[[slice], T], x: Any, axis: int, grain: int,
-          min_size: int) -> list[T]:
-    global _pool
-    n = x.shape[axis]
-    split = parts(n, threads(), grain)
-    if (len(split) == 1 or x.size < min_size or not _is_numpy(type(x))
-            or not _blas_single_threaded()):
+    independent. Returns the results, one per part, in order. The work
+    runs once, on all channels, where ``over_chunks`` would step aside, or
+    for arrays under ``MIN_PARALLEL_CHANNELS_SIZE`` elements."""
+    n = x.shape[1]
+    split = parts(n, threads())
+    if len(split) == 1 or not _parallel(x, MIN_PARALLEL_CHANNELS_SIZE):
         return [work(slice(0, n))]
+    return _at_once([lambda part=part: work(part) for part in split])
+
+
+def _parallel(x: Any, min_size: int) -> bool:
+    """Whether work on ``x`` may be split over the threads (``over_chunks``)."""
+    return (threads() > 1 and x.size >= min_size and _is_numpy(type(x))
+            and _blas_single_threaded())
+
+
+def _at_once(calls: list[Callable[[], T]]) -> list[T]:
+    """The first call on the calling thread and the others on the pool of
+    ``threads - 1`` workers, at the same time; their results, in order."""
+    global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads() - 1, thread_name_prefix="minires")
-    # The calling thread takes the first part itself instead of waiting idle:
-    # one thread fewer to wake per call (ResNet-20 makes about 130 such calls
-    # a step).
-    others = [_pool.submit(work, part) for part in split[1:]]
+    others = [_pool.submit(call) for call in calls[1:]]
     try:
-        first = work(split[0])
+        first = calls[0]()
     finally:
-        wait(others)        # no part may still be writing when this returns or raises
+        wait(others)        # nothing may still be writing when this returns or raises
     return [first] + [f.result() for f in others]
 
 

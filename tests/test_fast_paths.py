@@ -441,26 +441,72 @@ def test_threads_give_the_single_thread_numbers(rng, threads, stride, c_in, c_ou
             np.testing.assert_array_equal(a, b, err_msg=f"{n} threads: {name}")
 
 
-def test_threads_step_aside_when_blas_is_multithreaded(threads):
-    """Two threads calling a multi-threaded OpenBLAS at once can give wrong
-    products: over_images runs the work once, on all images, then."""
-    from threadpoolctl import threadpool_limits
+def _share_chunks(x, chunk, pause=0.02):
+    """``over_chunks`` with a work that records which thread took which
+    chunk. The other threads wait until the calling thread has its first
+    chunk, and it then pauses ``pause`` s per chunk, so each thread, if
+    there are several, gets some. Returns (results, {thread: chunks})."""
+    import threading
+    import time
 
     from minires import parallel
 
+    taken, started = {}, threading.Event()
+    main = threading.current_thread()
+
+    def work(chunks):
+        mine = taken.setdefault(threading.current_thread().name, [])
+        results = []
+        for images in chunks:
+            if threading.current_thread() is main:
+                started.set()
+                time.sleep(pause)
+            else:
+                started.wait(5)
+            mine.append(images)
+            results.append((images.start, images.stop))
+        return results
+
+    return parallel.over_chunks(work, x, chunk), taken
+
+
+def test_over_chunks_hands_each_chunk_to_the_thread_that_asks(threads):
+    """The calling thread is slow here: the other thread takes most chunks,
+    every chunk is taken once, and the results come back in chunk order."""
     threads(2)
-    calls = []
+    results, taken = _share_chunks(np.zeros((17, 2)), 2)
+    want = [(a, min(a + 2, 17)) for a in range(0, 17, 2)]
+    assert results == want
+    assert sorted((s.start, s.stop) for part in taken.values() for s in part) == want
+    assert len(taken) == 2
+    assert max(len(part) for part in taken.values()) >= 5           # the faster thread's share
+
+
+def test_over_chunks_rejects_work_that_loses_results_or_chunks(threads):
+    from minires import parallel
+
+    threads(2)
+    x = np.zeros((8, 2))
+    with pytest.raises(RuntimeError, match="results"):       # one result short
+        parallel.over_chunks(lambda chunks: [c.start for c in chunks][1:], x, 1)
+    with pytest.raises(RuntimeError, match="before the end"):  # one chunk per thread only
+        parallel.over_chunks(lambda chunks: [next(iter(chunks)).start], x, 1)
+
+
+def test_threads_step_aside_when_blas_is_multithreaded(threads):
+    """Two threads calling a multi-threaded OpenBLAS at once can give wrong
+    products: over_chunks runs the work once, on all chunks, then."""
+    from threadpoolctl import threadpool_limits
+
+    threads(2)
     x = np.zeros((6, 2))
-    assert parallel.over_images(calls.append, x) == [None, None]
-    assert sorted(calls, key=lambda s: s.start) == [slice(0, 3), slice(3, 6)]
+    assert len(_share_chunks(x, 1)[1]) == 2
     with threadpool_limits(limits=2, user_api="blas"):
-        calls.clear()
-        parallel.over_images(calls.append, x)
-        assert calls == [slice(0, 6)]
+        results, taken = _share_chunks(x, 1)
+        assert list(taken.values()) == [[slice(k, k + 1) for k in range(6)]]
+        assert results == [(k, k + 1) for k in range(6)]
     threads(1)
-    calls.clear()
-    parallel.over_images(calls.append, x)
-    assert calls == [slice(0, 6)]
+    assert len(_share_chunks(x, 1)[1]) == 1
 
 
 def test_small_arrays_and_cupy_run_on_one_thread(threads, monkeypatch):
@@ -469,16 +515,13 @@ def test_small_arrays_and_cupy_run_on_one_thread(threads, monkeypatch):
     threads(2)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 13)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_CHANNELS_SIZE", 17)
-    cases = [  # (split, array, parts); convolutions from 13 elements, the rest from 17
-        (parallel.over_images, np.zeros((3, 2, 2)), [slice(0, 3)]),
-        (parallel.over_images, np.zeros((4, 2, 2)), [slice(0, 2), slice(2, 4)]),
-        (parallel.over_channels, np.zeros((2, 4, 2)), [slice(0, 4)]),
-        (parallel.over_channels, np.zeros((2, 6, 2)), [slice(0, 3), slice(3, 6)]),
-    ]
-    for split, x, want in cases:
+    # convolutions from 13 elements
+    assert len(_share_chunks(np.zeros((3, 2, 2)), 1)[1]) == 1
+    assert len(_share_chunks(np.zeros((4, 2, 2)), 1)[1]) == 2
+    assert len(_share_chunks(strict(np.zeros((4, 4))), 1)[1]) == 1             # not NumPy
+    # batch norm and ReLU from 17
+    for x, want in [(np.zeros((2, 4, 2)), [slice(0, 4)]),
+                    (np.zeros((2, 6, 2)), [slice(0, 3), slice(3, 6)])]:
         calls = []
-        split(calls.append, x)
-        assert sorted(calls, key=lambda s: s.start) == want, (split.__name__, x.shape)
-    calls = []
-    parallel.over_images(calls.append, strict(np.zeros((4, 4))))     # not NumPy
-    assert calls == [slice(0, 4)]
+        parallel.over_channels(calls.append, x)
+        assert sorted(calls, key=lambda s: s.start) == want, x.shape

@@ -96,6 +96,7 @@ slow, obvious, and the reference the fast version is tested against.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from typing import Any
 
 from .. import backend, parallel
@@ -116,9 +117,9 @@ def _chunk_images(n: int, per_image: int, x: Array, chunk_bytes: int | None) -> 
     ``CHUNK_BYTES``, or ``GPU_CHUNK_BYTES`` on CuPy), at least one.
 
     On the CPU the batch is cut into a multiple of 4 chunks of near-equal
-    size (at least 4 when there are 4 images): minires.parallel's threads
-    take whole chunks, so 2 or 4 threads get equal shares. The cut depends
-    on the batch and the shapes only, never on the number of threads."""
+    size (at least 4 when there are 4 images), which minires.parallel's
+    threads share out. The cut depends on the batch and the shapes only,
+    never on the number of threads."""
     on_gpu = type(x).__module__.startswith("cupy")
     if chunk_bytes is None:
         chunk_bytes = GPU_CHUNK_BYTES if on_gpu else CHUNK_BYTES
@@ -147,9 +148,9 @@ def chunk_images(x: Array, kernel: tuple[int, int], stride: tuple[int, int],
                  padding: tuple[int, int], grid: bool, chunk_bytes: int | None = None) -> int:
     """Images per chunk in a fast path's loop over ``x``: ``shifted_grid``'s
     (``grid``), else ``im2col_chunks``'. The threads of
-    ``minires.parallel`` take whole chunks (their parts start at multiples of
-    this), so every product, and every sum of products, is the same
-    whatever the number of threads: results do not depend on the machine."""
+    ``minires.parallel`` take whole chunks (``over_chunks``), so every
+    product, and every sum of products, is the same whatever the number of
+    threads: results do not depend on the machine."""
     n, c, h, w = x.shape
     if grid:
         hg, wg = grid_size((h, w), kernel, padding)
@@ -337,8 +338,16 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel_size: IntPair
     return unpad2d(xp.permute_dims(x_padded_t, (1, 0, 2, 3)), padding)
 
 
+def _chunk_slices(n: int, chunk: int, chunks: Iterable[slice] | None) -> Iterable[slice]:
+    """``chunks``, or else consecutive slices of ``chunk`` of the ``n`` images."""
+    if chunks is None:
+        return (slice(n0, min(n0 + chunk, n)) for n0 in range(0, n, chunk))
+    return chunks
+
+
 def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
-                  chunk_bytes: int | None = None, chunk: int | None = None):
+                  chunk_bytes: int | None = None, chunk: int | None = None,
+                  chunks: Iterable[slice] | None = None):
     """``im2col(x, ...).T`` a few images at a time (NumPy/CuPy only).
 
     Yields ``(columns, cols_t)`` for consecutive chunks of images: ``cols_t``
@@ -346,7 +355,9 @@ def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: 
     ``cols.T[:, columns]``. The same buffers are refilled for every chunk, so
     use each block before asking for the next. A chunk holds ``chunk``
     images, by default about as many as fit in ``chunk_bytes`` (default
-    ``CHUNK_BYTES``; see ``_chunk_images``).
+    ``CHUNK_BYTES``; see ``_chunk_images``). ``chunks``, if given, are the
+    slices of images to visit instead, each of at most ``chunk`` images
+    (``minires.parallel.over_chunks`` hands them out).
     """
     kh, kw = kernel = as_pair(kernel_size, "kernel_size", "im2col_chunks", 1)
     (sh, sw) = stride = as_pair(stride, "stride", "im2col_chunks", 1)
@@ -362,10 +373,10 @@ def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: 
     # border is zeroed once and never written again.
     padded = xp.zeros((c, chunk, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
     buffer = xp.empty(per_image * chunk, dtype=x.dtype)
-    for n0 in range(0, n, chunk):
-        m = min(chunk, n - n0)
+    for images in _chunk_slices(n, chunk, chunks):
+        n0, m = images.start, images.stop - images.start
         x_padded = padded[:, :m]
-        x_padded[:, :, ph:ph + h, pw:pw + w] = xp.permute_dims(x[n0:n0 + m], (1, 0, 2, 3))
+        x_padded[:, :, ph:ph + h, pw:pw + w] = xp.permute_dims(x[images], (1, 0, 2, 3))
         # the strided view (C, KH, KW, m, OH, OW) of the fields, as in im2col
         s_c, s_n, s_h, s_w = x_padded.strides
         fields = as_strided(x_padded, shape=(c, kh, kw, m, oh, ow),
@@ -477,7 +488,8 @@ def phase_col2im(dcols_t: Array, x_shape: tuple[int, int, int, int], kernel: tup
 
 
 def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
-                 chunk_bytes: int | None = None, chunk: int | None = None):
+                 chunk_bytes: int | None = None, chunk: int | None = None,
+                 chunks: Iterable[slice] | None = None):
     """``cols.T`` of a stride-1 convolution, a few images at a time, by
     shifting one flat buffer instead of gathering windows (NumPy/CuPy only).
 
@@ -506,8 +518,8 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     Yields ``(images, cols_t, grid)`` for consecutive chunks of images:
     ``images`` the slice of images, ``cols_t`` (C*KH*KW, n_chunk*Hg*Wg) and
     ``grid = (Hg, Wg)``. The same buffer is refilled for every chunk. Chunk
-    sizes as in ``im2col_chunks``. Requires ``padding < kernel_size`` on both
-    axes.
+    sizes, and ``chunks``, as in ``im2col_chunks``. Requires ``padding <
+    kernel_size`` on both axes.
     """
     op = "shifted_grid"
     kh, kw = as_pair(kernel_size, "kernel_size", op, 1)
@@ -535,10 +547,10 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     # and r >= h + ph - i of the cell; likewise for tap j and the columns
     rows_off = [(i, slice(0, max(ph - i, 0)), slice(max(h + ph - i, 0), hg)) for i in range(kh)]
     cols_off = [(j, slice(0, max(pw - j, 0)), slice(max(w + pw - j, 0), wg)) for j in range(kw)]
-    for n0 in range(0, n, chunk):
-        m = min(chunk, n - n0)
+    for images in _chunk_slices(n, chunk, chunks):
+        m = images.stop - images.start
         size = m * hg * wg
-        interior[:, :m, :h, :w] = xp.permute_dims(x[n0:n0 + m], (1, 0, 2, 3))
+        interior[:, :m, :h, :w] = xp.permute_dims(x[images], (1, 0, 2, 3))
         # a view (C, KH, KW, Q): [c, i, j, q] = flat[c, q + i*Wg + j]
         shifted = as_strided(flat, shape=(c, kh, kw, size), strides=(s_c, wg * s_q, s_q, s_q))
         cols_t = xp.reshape(buffer[:c * kh * kw * size], (c * kh * kw, size))
@@ -550,7 +562,7 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
         for j, before, after in cols_off:
             taps[:, :, j, :, :, before] = 0
             taps[:, :, j, :, :, after] = 0
-        yield slice(n0, n0 + m), cols_t, (hg, wg)
+        yield images, cols_t, (hg, wg)
 
 
 def grid_interior(a: Array, grid: tuple[int, int], out_size: tuple[int, int]) -> Array:
@@ -639,9 +651,8 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
         # threads (minires.parallel).
         out_t = xp.empty((c_out, n, oh, ow), dtype=x.dtype)
         chunk = chunk_images(x, kernel, stride, padding, on_grid(kernel, stride, padding))
-        parallel.over_images(lambda images: _forward_images(x[images], w, stride, padding,
-                                                            out_t[:, images], chunk),
-                             x, grain=chunk)
+        parallel.over_chunks(lambda chunks: _forward_images(x, w, stride, padding, out_t,
+                                                            chunk, chunks), x, chunk)
         out_t = xp.reshape(out_t, (c_out, n * oh * ow))
     else:
         cols = im2col(x, kernel, stride, padding)        # (N*OH*OW, C_in*KH*KW)
@@ -655,25 +666,26 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
 
 
 def _forward_images(x: Array, w: Array, stride: tuple[int, int], padding: tuple[int, int],
-                    out_t: Array, chunk: int) -> None:
-    """The fast forward loop for some images ``x``, ``chunk`` at a time:
-    ``out_t`` (C_out, n, OH, OW), a view into the output, receives
-    ``w_mat @ cols.T``."""
+                    out_t: Array, chunk: int, chunks: Iterable[slice]) -> list[None]:
+    """The fast forward loop over some ``chunks`` of the images of ``x``:
+    their columns of ``out_t`` (C_out, N, OH, OW) receive ``w_mat @ cols.T``.
+    Returns no results (for ``minires.parallel.over_chunks``)."""
     xp = backend.namespace(x, w)
     c_out, n, oh, ow = out_t.shape
     kernel = tuple(w.shape[2:])
     w_mat = xp.reshape(w, (c_out, -1))
     if on_grid(kernel, stride, padding):
         # only the grid positions that are outputs are kept
-        for images, cols_t, grid in shifted_grid(x, kernel, padding, chunk=chunk):
+        for images, cols_t, grid in shifted_grid(x, kernel, padding, chunk=chunk, chunks=chunks):
             grid_product_into(out_t[:, images], cols_t, w_mat, grid)
-        return
+        return []
     # In this orientation OpenBLAS splits the output pixels across threads
     # (1.3 to 1.6x on 2 cores); w_mat @ cols.T, with only C_out rows, hardly
     # gains from a second thread.
     out_mat_t = xp.reshape(out_t, (c_out, n * oh * ow))
-    for columns, cols_t in im2col_chunks(x, kernel, stride, padding, chunk=chunk):
+    for columns, cols_t in im2col_chunks(x, kernel, stride, padding, chunk=chunk, chunks=chunks):
         backend.native(xp).matmul(cols_t.T, w_mat.T, out=out_mat_t[:, columns].T)
+    return []
 
 
 def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
@@ -730,15 +742,14 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
         # of images.
         dx = channel_major_zeros(xp, tuple(x.shape), x.dtype) if need_input_grad else None
         chunk = chunk_images(x, kernel, stride, padding, grid=False)
-        parts = parallel.over_images(
-            lambda images: _backward_phases_images(
-                dout[images], x[images], w_mat, kernel, stride, padding,
-                None if dx is None else xp.permute_dims(dx[images], (1, 0, 2, 3)),
-                need_param_grads, chunk),
-            x, grain=chunk)
+        dx_t = None if dx is None else xp.permute_dims(dx, (1, 0, 2, 3))
+        terms = parallel.over_chunks(
+            lambda chunks: _backward_phases_images(dout, x, w_mat, kernel, stride, padding,
+                                                   dx_t, need_param_grads, chunk, chunks),
+            x, chunk)
         if not need_param_grads:
             return dx, None, None
-        return dx, xp.reshape(sum_in_order(parts).T, w.shape), db
+        return dx, xp.reshape(sum_in_order(terms).T, w.shape), db
     dx = dw = None
     if need_input_grad:
         dcols = (w_mat.T @ dout_t).T      # = dout_mat @ w_mat, stored transposed like cols
@@ -751,42 +762,48 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
 
 def _backward_phases_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[int, int],
                             stride: tuple[int, int], padding: tuple[int, int],
-                            dx_t: Array | None, need_param_grads: bool,
-                            chunk: int) -> list[Array]:
-    """The fast backward loop for some images, ``chunk`` at a time. For dx,
+                            dx_t: Array | None, need_param_grads: bool, chunk: int,
+                            chunks: Iterable[slice]) -> list[Array]:
+    """The fast backward loop over some ``chunks`` of the images. For dx,
     ``dout`` is laid out on the phases' grid (zero where the grid is not an
     output), and ``dcols.T = w_mat.T @ dout_grid`` goes back onto the phases
-    (``phase_col2im``) and into ``dx_t`` (C_in, n, H, W), a view into the
-    whole, unless it is None. Returns the chunks' terms of
-    ``dw_mat.T = cols.T @ dout_mat`` (C_in*KH*KW, C_out), in order (none
-    without ``need_param_grads``)."""
+    (``phase_col2im``) and into ``dx_t`` (C_in, N, H, W), unless it is None.
+    Returns the chunks' terms of ``dw_mat.T = cols.T @ dout_mat``
+    (C_in*KH*KW, C_out), in order (none without ``need_param_grads``)."""
     xp = backend.namespace(dout, x, w_mat)
     n, c_out, oh, ow = dout.shape
-    terms = []
+    chunk = min(chunk, n)
     if dx_t is not None:
         hg, wg = grid = phase_grid_size((oh, ow), kernel, stride)
-        dout_grid = xp.zeros((c_out, min(chunk, n), hg, wg), dtype=dout.dtype)
-        phases = phase_buffer(xp, x.shape[1], min(chunk, n), kernel, stride, grid, dout.dtype)
-        for n0 in range(0, n, chunk):
-            m = min(chunk, n - n0)
-            dout_grid[:, :m, :oh, :ow] = xp.permute_dims(dout[n0:n0 + m], (1, 0, 2, 3))
-            g = xp.reshape(dout_grid[:, :m], (c_out, m * hg * wg))
-            phase_col2im(grid_product(g, w_mat.T), (m, *x.shape[1:]), kernel, stride, padding,
-                         dx_t[:, n0:n0 + m], phases)
-    if need_param_grads:
-        # dw_mat = dout_mat.T @ cols, a sum over chunks of images; OpenBLAS
-        # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
-        dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
-        terms = [cols_t @ dout_t[:, columns].T
-                 for columns, cols_t in im2col_chunks(x, kernel, stride, padding, chunk=chunk)]
+        dout_grid = xp.zeros((c_out, chunk, hg, wg), dtype=dout.dtype)
+        phases = phase_buffer(xp, x.shape[1], chunk, kernel, stride, grid, dout.dtype)
+
+    def input_grad(images: slice) -> None:
+        m = images.stop - images.start
+        dout_grid[:, :m, :oh, :ow] = xp.permute_dims(dout[images], (1, 0, 2, 3))
+        g = xp.reshape(dout_grid[:, :m], (c_out, m * hg * wg))
+        phase_col2im(grid_product(g, w_mat.T), (m, *x.shape[1:]), kernel, stride, padding,
+                     dx_t[:, images], phases)
+
+    if not need_param_grads:
+        for images in chunks:
+            input_grad(images)
+        return []
+    # dw_mat = dout_mat.T @ cols, a sum over chunks of images; OpenBLAS
+    # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
+    dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
+    terms = []
+    for columns, cols_t in im2col_chunks(x, kernel, stride, padding, chunk=chunk, chunks=chunks):
+        if dx_t is not None:
+            input_grad(slice(columns.start // (oh * ow), columns.stop // (oh * ow)))
+        terms.append(cols_t @ dout_t[:, columns].T)
     return terms
 
 
-def sum_in_order(parts: list[list[Array]]) -> Array:
-    """``((t1 + t2) + t3) + ...`` over the terms of all parts, in order: the
-    sum a single loop over the chunks would make, whichever thread computed
+def sum_in_order(terms: list[Array]) -> Array:
+    """``((t1 + t2) + t3) + ...`` over the chunks' terms, in chunk order: the
+    sum a single loop over the chunks makes, whichever thread computed
     which chunk."""
-    terms = [t for part in parts for t in part]
     return sum(terms[1:], terms[0])
 
 
@@ -836,18 +853,17 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
     w_flipped = xp.permute_dims(xp.flip(w, axis=(2, 3)), (1, 0, 2, 3))   # (C_in, C_out, KH, KW)
     w_flipped_mat = xp.reshape(w_flipped, (c_in, c_out * kh * kw))
     dx_t = xp.empty((c_in, n, h, wd), dtype=dout.dtype) if need_input_grad else None
-    # the images split over the CPU threads (minires.parallel); each part
-    # returns its share of dw_flipped_mat.T
+    # the chunks of images shared out over the CPU threads (minires.parallel);
+    # each returns its term of dw_flipped_mat.T
     chunk = chunk_images(dout, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), grid=True)
-    parts = parallel.over_images(
-        lambda images: _backward_by_convolution_images(
-            dout[images], x[images], w_flipped_mat, (kh, kw), (ph, pw),
-            None if dx_t is None else dx_t[:, images], need_param_grads, chunk),
-        dout, grain=chunk)
+    terms = parallel.over_chunks(
+        lambda chunks: _backward_by_convolution_images(
+            dout, x, w_flipped_mat, (kh, kw), (ph, pw), dx_t, need_param_grads, chunk, chunks),
+        dout, chunk)
     dx = None if dx_t is None else xp.permute_dims(dx_t, (1, 0, 2, 3))
     if not need_param_grads:
         return dx, None
-    dw_flipped_t = sum_in_order(parts)
+    dw_flipped_t = sum_in_order(terms)
     dw_flipped = xp.reshape(xp.permute_dims(dw_flipped_t, (1, 0)), (c_in, c_out, kh, kw))
     dw = xp.permute_dims(xp.flip(dw_flipped, axis=(2, 3)), (1, 0, 2, 3))
     return dx, xp.asarray(dw, copy=True)
@@ -856,18 +872,17 @@ def conv2d_backward_by_convolution(dout: Array, x: Array, w: Array, padding: Int
 def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
                                     kernel: tuple[int, int], padding: tuple[int, int],
                                     dx_t: Array | None, need_param_grads: bool,
-                                    chunk: int) -> list[Array]:
-    """The loop of ``conv2d_backward_by_convolution`` for some images,
-    ``chunk`` at a time: their
-    dx goes into ``dx_t`` (C_in, n, H, W), a view into the whole; returns their
-    chunks' terms of ``dw_flipped_mat.T`` (C_out*KH*KW, C_in), in order (none
+                                    chunk: int, chunks: Iterable[slice]) -> list[Array]:
+    """The loop of ``conv2d_backward_by_convolution`` over some ``chunks`` of
+    the images: their dx goes into ``dx_t`` (C_in, N, H, W); returns their
+    terms of ``dw_flipped_mat.T`` (C_out*KH*KW, C_in), in order (none
     without ``need_param_grads``). ``dx_t`` None skips dx."""
     xp = backend.namespace(dout, x, w_flipped_mat)
     c_in = x.shape[1]
     (kh, kw), (ph, pw), (h, wd) = kernel, padding, x.shape[2:]
     terms, x_grid = [], None
     for images, colsd_t, grid in shifted_grid(dout, (kh, kw), (kh - 1 - ph, kw - 1 - pw),
-                                              chunk=chunk):
+                                              chunk=chunk, chunks=chunks):
         if dx_t is not None:
             grid_product_into(dx_t[:, images], colsd_t, w_flipped_mat, grid)
         if need_param_grads:
@@ -881,7 +896,7 @@ def _backward_by_convolution_images(dout: Array, x: Array, w_flipped_mat: Array,
                 # x laid out on the grid, zero where the grid is not an
                 # input pixel, so those columns of colsd add nothing to dw
                 if x_grid is None:
-                    x_grid = xp.zeros((c_in, m, *grid), dtype=x.dtype)
+                    x_grid = xp.zeros((c_in, min(chunk, x.shape[0]), *grid), dtype=x.dtype)
                 x_grid[:, :m, :h, :wd] = x_images
                 x_mat = xp.reshape(x_grid[:, :m], (c_in, -1))
             # dw_flipped_mat.T: OpenBLAS computes colsd.T @ x_mat 1.3 to 1.8x
