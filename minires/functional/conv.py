@@ -544,9 +544,16 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
     buffer = xp.empty(c * kh * kw * chunk * hg * wg, dtype=x.dtype)
     s_c, s_q = flat.strides
     # tap i reads image row r + i - ph: off the image for rows r < ph - i
-    # and r >= h + ph - i of the cell; likewise for tap j and the columns
-    rows_off = [(i, slice(0, max(ph - i, 0)), slice(max(h + ph - i, 0), hg)) for i in range(kh)]
-    cols_off = [(j, slice(0, max(pw - j, 0)), slice(max(w + pw - j, 0), wg)) for j in range(kw)]
+    # and r >= h + ph - i of the cell; likewise for tap j and the columns.
+    # As indices into ``taps`` (C, KH, KW, m, Hg, Wg) below, the empty ones left out:
+    off_image = [(slice(None), i, slice(None), slice(None), rows)
+                 for i in range(kh)
+                 for rows in (slice(0, max(ph - i, 0)), slice(max(h + ph - i, 0), hg))
+                 if rows.start < rows.stop]
+    off_image += [(slice(None), slice(None), j, slice(None), slice(None), cols)
+                  for j in range(kw)
+                  for cols in (slice(0, max(pw - j, 0)), slice(max(w + pw - j, 0), wg))
+                  if cols.start < cols.stop]
     for images in _chunk_slices(n, chunk, chunks):
         m = images.stop - images.start
         size = m * hg * wg
@@ -556,12 +563,8 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
         cols_t = xp.reshape(buffer[:c * kh * kw * size], (c * kh * kw, size))
         xp.reshape(cols_t, shifted.shape)[...] = shifted
         taps = xp.reshape(cols_t, (c, kh, kw, m, hg, wg))
-        for i, before, after in rows_off:
-            taps[:, i, :, :, before] = 0
-            taps[:, i, :, :, after] = 0
-        for j, before, after in cols_off:
-            taps[:, :, j, :, :, before] = 0
-            taps[:, :, j, :, :, after] = 0
+        for index in off_image:
+            taps[index] = 0
         yield images, cols_t, (hg, wg)
 
 
