@@ -84,10 +84,10 @@ products in three other ways, each measured on ResNet-20 at batch 128 on a
   col2im's strided blocks of rows of OW numbers. About 2x faster for the
   input gradient of ResNet-20's stride-2 convolutions.
 
-On NumPy, the fast paths also split the images of a batch over the CPU
-threads (``minires.parallel``): each thread runs the loop above on its own
-images, with single-threaded products, and the parts' weight gradients are
-added up.
+On NumPy, the fast paths also share the chunks of images out over the CPU
+threads (``minires.parallel.over_chunks``): each thread runs the loop above
+on the chunks it takes, with single-threaded products, and the chunks'
+weight-gradient terms are added up in chunk order.
 
 ``conv2d_forward_naive`` / ``conv2d_backward_naive`` are four nested loops:
 slow, obvious, and the reference the fast version is tested against.
