@@ -260,6 +260,7 @@ def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
     dx = activation.relu_backward(dout, cache)
     assert dx.dtype == np.float32 and np.isfinite(dx).all()
     np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
+    assert not np.signbit(dx[x <= 0]).any()                 # +0.0 where off, as where gives
 
 
 # ---- the sum of the skip connection ------------------------------------------------
