@@ -790,7 +790,8 @@ def _backward_phases_images(dout: Array, x: Array, w_mat: Array, kernel: tuple[i
 
     if not need_param_grads:
         for images in chunks:
-            input_grad(images)
+            if dx_t is not None:
+                input_grad(images)
         return []
     # dw_mat = dout_mat.T @ cols, a sum over chunks of images; OpenBLAS
     # computes its transpose cols.T @ dout_mat 1.3 to 1.8x faster.
