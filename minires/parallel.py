@@ -144,6 +144,12 @@ MIN_PARALLEL_SIZE = 2**17
 MIN_PARALLEL_CHANNELS_SIZE = 2**19
 
 
+def chunk_slices(n: int, chunk: int) -> list[slice]:
+    """``range(n)`` in consecutive slices of ``chunk`` items, the last one
+    shorter if ``chunk`` does not divide ``n``: the chunks of ``over_chunks``."""
+    return [slice(a, min(a + chunk, n)) for a in range(0, n, max(1, chunk))]
+
+
 def over_chunks(work: Callable[[Iterator[slice]], list[T]], x: Any, chunk: int = 1) -> list[T]:
     """Call ``work(chunks)`` on every thread, ``chunks`` one stream of the
     chunks of ``range(N)``, ``N = x.shape[0]``, shared by all: ``slice(0,
@@ -158,8 +164,7 @@ def over_chunks(work: Callable[[Iterator[slice]], list[T]], x: Any, chunk: int =
     one thread or one chunk, or ``x`` is not a NumPy array. ``work`` must
     only write to its own chunks' slices and must use up its stream.
     """
-    n = x.shape[0]
-    chunks = [slice(a, min(a + chunk, n)) for a in range(0, n, max(1, chunk))]
+    chunks = chunk_slices(x.shape[0], chunk)
     if len(chunks) == 1 or not _parallel(x, MIN_PARALLEL_SIZE):
         return list(work(iter(chunks)))
     lock = threading.Lock()

@@ -472,15 +472,16 @@ def _share_chunks(x, chunk, pause=0.02):
 
 
 def test_over_chunks_hands_each_chunk_to_the_thread_that_asks(threads):
-    """The calling thread is slow here: the other thread takes most chunks,
-    every chunk is taken once, and the results come back in chunk order."""
+    """The calling thread is slow here: the other thread takes most chunks
+    (fixed halves would give it 4 of the 9), every chunk is taken once, and
+    the results come back in chunk order."""
     threads(2)
-    results, taken = _share_chunks(np.zeros((17, 2)), 2)
+    results, taken = _share_chunks(np.zeros((17, 2)), 2, pause=0.05)
     want = [(a, min(a + 2, 17)) for a in range(0, 17, 2)]
     assert results == want
     assert sorted((s.start, s.stop) for part in taken.values() for s in part) == want
     assert len(taken) == 2
-    assert max(len(part) for part in taken.values()) >= 5           # the faster thread's share
+    assert max(len(part) for part in taken.values()) >= 7           # the faster thread's share
 
 
 def test_over_chunks_rejects_work_that_loses_results_or_chunks(threads):

@@ -338,13 +338,6 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel_size: IntPair
     return unpad2d(xp.permute_dims(x_padded_t, (1, 0, 2, 3)), padding)
 
 
-def _chunk_slices(n: int, chunk: int, chunks: Iterable[slice] | None) -> Iterable[slice]:
-    """``chunks``, or else consecutive slices of ``chunk`` of the ``n`` images."""
-    if chunks is None:
-        return (slice(n0, min(n0 + chunk, n)) for n0 in range(0, n, chunk))
-    return chunks
-
-
 def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
                   chunk_bytes: int | None = None, chunk: int | None = None,
                   chunks: Iterable[slice] | None = None):
@@ -373,7 +366,7 @@ def im2col_chunks(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: 
     # border is zeroed once and never written again.
     padded = xp.zeros((c, chunk, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
     buffer = xp.empty(per_image * chunk, dtype=x.dtype)
-    for images in _chunk_slices(n, chunk, chunks):
+    for images in parallel.chunk_slices(n, chunk) if chunks is None else chunks:
         n0, m = images.start, images.stop - images.start
         x_padded = padded[:, :m]
         x_padded[:, :, ph:ph + h, pw:pw + w] = xp.permute_dims(x[images], (1, 0, 2, 3))
@@ -554,7 +547,7 @@ def shifted_grid(x: Array, kernel_size: IntPair, padding: IntPair = 0,
                   for j in range(kw)
                   for cols in (slice(0, max(pw - j, 0)), slice(max(w + pw - j, 0), wg))
                   if cols.start < cols.stop]
-    for images in _chunk_slices(n, chunk, chunks):
+    for images in parallel.chunk_slices(n, chunk) if chunks is None else chunks:
         m = images.stop - images.start
         size = m * hg * wg
         interior[:, :m, :h, :w] = xp.permute_dims(x[images], (1, 0, 2, 3))

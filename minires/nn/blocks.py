@@ -369,7 +369,7 @@ class PreActBlock(_Block):
             return add(dx_residual, dshortcut)
         # The projection (or option A) read the pre-activated input, so its
         # gradient joins the residual branch's there, before ReLU1 and BN1.
-        dpreact = dpreact + self.downsample.backward(dshortcut)
+        dpreact = add(dpreact, self.downsample.backward(dshortcut))
         return self.bn1.backward(self.relu1.backward(dpreact))
 
 
@@ -433,5 +433,5 @@ class PreActBottleneck(_Block):
             dx_residual = self.bn1.backward(self.relu1.backward(dpreact))
             return add(dx_residual, dshortcut)
         # Projection (or option A) gradient joins at the pre-activated input.
-        dpreact = dpreact + self.downsample.backward(dshortcut)
+        dpreact = add(dpreact, self.downsample.backward(dshortcut))
         return self.bn1.backward(self.relu1.backward(dpreact))
