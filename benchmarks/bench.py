@@ -118,7 +118,7 @@ def configure_threads(threads: int, native_openblas: bool) -> None:
     """Set the thread count (and optionally the OpenBLAS core type) for this
     process and its workers. Must run before NumPy or torch is imported.
     minires runs ``threads`` threads of its own (``MINIRES_THREADS``; BLAS
-    then on one thread per call, see ``minires.parallel``)."""
+    then on one thread per call, see ``minires.fast.parallel``)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "MINIRES_THREADS"):
         os.environ[var] = str(threads)

@@ -712,7 +712,7 @@ def limit_threads(threads: int | None) -> contextlib.AbstractContextManager:
     """Run a command on ``threads`` CPU threads, with BLAS on one thread.
 
     minires splits each convolution's images, and batch norm's and ReLU's
-    channels, over its own threads (``minires.parallel``); BLAS then runs one
+    channels, over its own threads (``minires.fast.parallel``); BLAS then runs one
     thread per call, because the matrices of a CIFAR-style ResNet are too
     small to share out (a ResNet-20 epoch on the digits took 1.8 s with one
     BLAS thread and 11 to 32 s with two, on two cores shared with other
@@ -723,7 +723,7 @@ def limit_threads(threads: int | None) -> contextlib.AbstractContextManager:
     it is left alone). Before NumPy is imported (the ``minires`` command)
     this sets ``MINIRES_THREADS`` and the environment variables the BLAS
     reads at load time; afterwards (``main`` called from Python) it sets
-    them through ``minires.parallel`` and ``threadpoolctl`` for the
+    them through ``minires.fast.parallel`` and ``threadpoolctl`` for the
     command's duration. Returns a context manager.
     """
     if threads is None:
@@ -744,7 +744,7 @@ def limit_threads(threads: int | None) -> contextlib.AbstractContextManager:
 def _threads_while_running(threads: int):
     from threadpoolctl import threadpool_limits
 
-    from . import parallel
+    from .fast import parallel
 
     before = parallel.threads()
     parallel.set_threads(threads)     # first: set_threads(1) hands BLAS its threads back

@@ -7,6 +7,14 @@
   every op and conv path, every block, a model of each builder, float32,
   the optimizers, checkpoints, a Trainer run with exact resume and the
   command line, on the GPU against NumPy.
+- The engine and the textbook: the op, layer, block and model tests
+  (``BOTH_MODES`` below) run twice, ``[fast]`` with the engine on and
+  ``[reference]`` with it off (``minires.fast.enabled(False)``, what
+  ``MINIRES_FAST=0`` does), so every op, block and model is checked on the
+  code the chapters teach as well as on the code that runs by default. The
+  other tests run as the environment says (``MINIRES_FAST=0 python -m
+  pytest`` runs them on the reference code; ``tests/test_fast_paths.py``
+  switches the engine on where it tests it).
 - ``MINIRES_BACKEND=cupy python -m pytest`` does not run the suite on the
   GPU. The variable decides where minires *creates* arrays (parameters,
   data-loader batches, ``backend.asarray``), not the NumPy arrays most
@@ -75,3 +83,33 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# The files whose every test runs with the engine on and off.
+BOTH_MODES = frozenset({
+    "test_conv.py", "test_norm.py", "test_linear_activation.py", "test_pool.py",
+    "test_loss.py", "test_nn.py", "test_blocks.py", "test_models.py",
+})
+MODES = ("fast", "reference")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.path.name in BOTH_MODES:
+        metafunc.parametrize("engine", MODES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def engine(request):
+    """``[fast]``: the engine on; ``[reference]``: off, for one test of a
+    ``BOTH_MODES`` file; elsewhere the switch is left as the environment set
+    it. Restored afterwards either way. Yields the mode's name."""
+    import minires.fast
+
+    mode = getattr(request, "param", None)
+    before = minires.fast.is_enabled()
+    if mode is not None:
+        minires.fast.enable(mode == "fast")
+    try:
+        yield mode
+    finally:
+        minires.fast.enable(before)

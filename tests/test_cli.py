@@ -309,7 +309,7 @@ def test_limit_threads():
     restored afterwards."""
     import threadpoolctl
 
-    from minires import parallel
+    from minires.fast import parallel
 
     def blas_threads():
         return [i["num_threads"] for i in threadpoolctl.threadpool_info()

@@ -1,4 +1,7 @@
-"""Tests for minires.functional.conv: im2col/col2im, the fast and the naive convolution."""
+"""Tests for minires.functional's convolution: im2col/col2im, the convolution
+by im2col and the naive loops, through the public ops (``minires.functional``),
+so they run on the engine and on the reference code (``[fast]`` and
+``[reference]``, see conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from util import host, rel, strict, torch_or_skip
 
-from minires.functional import conv
+from minires import functional as F
 from minires.gradcheck import check_op
 
 # ---- hypothesis: every valid small convolution --------------------------------
@@ -59,14 +62,14 @@ def conv_cases(draw, dtype=np.float64) -> Case:
     )
 
 
-def _fast(case: Case, need_param_grads: bool = True):
-    out, cache = conv.conv2d_forward(*case.args())
-    return (out, *conv.conv2d_backward(case.dout, cache, need_param_grads=need_param_grads))
+def _im2col_conv(case: Case, need_param_grads: bool = True):
+    out, cache = F.conv2d_forward(*case.args())
+    return (out, *F.conv2d_backward(case.dout, cache, need_param_grads=need_param_grads))
 
 
 def _naive(case: Case):
-    out, cache = conv.conv2d_forward_naive(*case.args())
-    return (out, *conv.conv2d_backward_naive(case.dout, cache))
+    out, cache = F.conv2d_forward_naive(*case.args())
+    return (out, *F.conv2d_backward_naive(case.dout, cache))
 
 
 def _assert_close(got, want, tol, names=("out", "dx", "dw", "db")):
@@ -83,14 +86,14 @@ def _assert_close(got, want, tol, names=("out", "dx", "dw", "db")):
 
 def test_im2col_layout_by_hand():
     x = np.arange(2 * 16, dtype=np.float64).reshape(1, 2, 4, 4)
-    cols = conv.im2col(x, 2, stride=2)
+    cols = F.im2col(x, 2, stride=2)
     # row (n, oh, ow); column (c, i, j): channel 0's 2x2 patch, then channel 1's
     assert cols.shape == (4, 8)
     np.testing.assert_array_equal(cols[0], [0, 1, 4, 5, 16, 17, 20, 21])
     np.testing.assert_array_equal(cols[1], [2, 3, 6, 7, 18, 19, 22, 23])
     np.testing.assert_array_equal(cols[3], [10, 11, 14, 15, 26, 27, 30, 31])
     # padding adds zeros around the image; non-square kernel and stride
-    cols = conv.im2col(x[:, :1], (1, 3), stride=(3, 1), padding=(0, 1))
+    cols = F.im2col(x[:, :1], (1, 3), stride=(3, 1), padding=(0, 1))
     assert cols.shape == (2 * 4, 3)
     np.testing.assert_array_equal(cols[0], [0, 0, 1])
     np.testing.assert_array_equal(cols[3], [2, 3, 0])
@@ -99,35 +102,26 @@ def test_im2col_layout_by_hand():
 
 def test_im2col_times_weight_matrix_is_the_convolution(rng):
     x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2))
-    cols = conv.im2col(x, (3, 2), stride=(1, 2), padding=1)
+    cols = F.im2col(x, (3, 2), stride=(1, 2), padding=1)
     out = (cols @ w.reshape(4, -1).T).reshape(2, 6, 3, 4).transpose(0, 3, 1, 2)
-    want, _ = conv.conv2d_forward_naive(x, w, None, (1, 2), 1)
+    want, _ = F.conv2d_forward_naive(x, w, None, (1, 2), 1)
     assert rel(out, want) <= 1e-13
-
-
-@given(conv_cases())
-def test_fast_im2col_equals_portable(case):
-    fast = conv.im2col(case.x, case.kernel, case.stride, case.padding)
-    portable = conv.im2col(case.x, case.kernel, case.stride, case.padding, portable=True)
-    assert fast.shape == portable.shape
-    np.testing.assert_array_equal(fast, portable)
 
 
 def test_memory_layout_is_the_documented_one(rng):
     """Speed, not values: cols.T and out's (C_out, N, OH, OW) storage are contiguous."""
     x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2))
-    for portable in (False, True):
-        assert conv.im2col(x, (3, 2), 2, 1, portable=portable).T.flags.c_contiguous
-    out, _ = conv.conv2d_forward(x, w, None, 2, 1)
+    assert F.im2col(x, (3, 2), 2, 1).T.flags.c_contiguous
+    out, _ = F.conv2d_forward(x, w, None, 2, 1)
     assert out.transpose(1, 0, 2, 3).flags.c_contiguous
 
 
 @given(conv_cases())
 def test_col2im_is_the_adjoint_of_im2col(case):
     """<im2col(x), c> == <x, col2im(c)> for every x and c."""
-    cols = conv.im2col(case.x, case.kernel, case.stride, case.padding)
+    cols = F.im2col(case.x, case.kernel, case.stride, case.padding)
     c = np.random.default_rng(1).standard_normal(cols.shape)
-    back = conv.col2im(c, case.x.shape, case.kernel, case.stride, case.padding)
+    back = F.col2im(c, case.x.shape, case.kernel, case.stride, case.padding)
     assert back.shape == case.x.shape
     lhs, rhs = np.sum(cols * c), np.sum(case.x * back)
     assert abs(lhs - rhs) <= 1e-12 * (np.abs(cols).sum() * np.abs(c).max() + 1)
@@ -135,7 +129,7 @@ def test_col2im_is_the_adjoint_of_im2col(case):
 
 def test_col2im_counts_overlaps():
     """col2im of all-ones columns counts how many windows cover each pixel."""
-    counts = conv.col2im(np.ones((4, 9)), (1, 1, 4, 4), 3, stride=1, padding=0)
+    counts = F.col2im(np.ones((4, 9)), (1, 1, 4, 4), 3, stride=1, padding=0)
     np.testing.assert_array_equal(counts[0, 0], [[1, 2, 2, 1], [2, 4, 4, 2],
                                                  [2, 4, 4, 2], [1, 2, 2, 1]])
 
@@ -145,7 +139,7 @@ def test_col2im_counts_overlaps():
 
 @given(conv_cases())
 def test_conv_gradcheck(case):
-    report = check_op(conv.conv2d_forward, conv.conv2d_backward, case.x, case.w, case.b,
+    report = check_op(F.conv2d_forward, F.conv2d_backward, case.x, case.w, case.b,
                       stride=case.stride, padding=case.padding)
     assert set(report) == ({"x", "w", "b"} if case.b is not None else {"x", "w"})
     report.assert_ok(1e-6)
@@ -153,13 +147,13 @@ def test_conv_gradcheck(case):
 
 @given(conv_cases())
 def test_fast_conv_equals_naive_loops(case):
-    _assert_close(_fast(case), _naive(case), 1e-12)
+    _assert_close(_im2col_conv(case), _naive(case), 1e-12)
 
 
 def test_naive_conv_gradcheck(rng):
     x, w, b = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((3, 2, 2, 3)), \
         rng.standard_normal(3)
-    check_op(conv.conv2d_forward_naive, conv.conv2d_backward_naive, x, w, b,
+    check_op(F.conv2d_forward_naive, F.conv2d_backward_naive, x, w, b,
              stride=(2, 1), padding=(1, 2)).assert_ok(1e-6)
 
 
@@ -173,7 +167,7 @@ def test_conv_matches_torch(case):
     out = torch.nn.functional.conv2d(x, w, b, stride=case.stride, padding=case.padding)
     out.backward(torch.tensor(case.dout))
     want = (out, x.grad, w.grad, b.grad if b is not None else None)
-    _assert_close(_fast(case), want, 1e-10)
+    _assert_close(_im2col_conv(case), want, 1e-10)
 
 
 @pytest.mark.parametrize("shape, stride, padding, bias", [
@@ -186,51 +180,51 @@ def test_array_api_strict_gives_the_same_numbers(rng, shape, stride, padding, bi
     w = rng.standard_normal((4, c, 3, 2))
     b = rng.standard_normal(4) if bias else None
     x = rng.standard_normal(shape)
-    out, cache = conv.conv2d_forward(x, w, b, stride, padding)
+    out, cache = F.conv2d_forward(x, w, b, stride, padding)
     dout = rng.standard_normal(out.shape)
-    want = (out, *conv.conv2d_backward(dout, cache))
+    want = (out, *F.conv2d_backward(dout, cache))
 
-    out_s, cache_s = conv.conv2d_forward(strict(x), strict(w), strict(b), stride, padding)
-    got = (out_s, *conv.conv2d_backward(strict(dout), cache_s))
+    out_s, cache_s = F.conv2d_forward(strict(x), strict(w), strict(b), stride, padding)
+    got = (out_s, *F.conv2d_backward(strict(dout), cache_s))
     for a in got:
         assert a is None or type(a).__module__.startswith("array_api_strict")
     _assert_close(got, want, 1e-14)
 
-    cols = conv.im2col(strict(x), (3, 2), stride, padding)
-    np.testing.assert_array_equal(host(cols), conv.im2col(x, (3, 2), stride, padding))
-    back = conv.col2im(cols, shape, (3, 2), stride, padding)
-    assert rel(back, conv.col2im(host(cols), shape, (3, 2), stride, padding)) <= 1e-14
+    cols = F.im2col(strict(x), (3, 2), stride, padding)
+    np.testing.assert_array_equal(host(cols), F.im2col(x, (3, 2), stride, padding))
+    back = F.col2im(cols, shape, (3, 2), stride, padding)
+    assert rel(back, F.col2im(host(cols), shape, (3, 2), stride, padding)) <= 1e-14
 
 
 def test_naive_conv_runs_under_array_api_strict(rng):
     x, w, b = rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((2, 2, 2, 2)), \
         rng.standard_normal(2)
-    out, cache = conv.conv2d_forward_naive(x, w, b, 1, 1)
+    out, cache = F.conv2d_forward_naive(x, w, b, 1, 1)
     dout = rng.standard_normal(out.shape)
-    want = (out, *conv.conv2d_backward_naive(dout, cache))
-    out_s, cache_s = conv.conv2d_forward_naive(strict(x), strict(w), strict(b), 1, 1)
-    _assert_close((out_s, *conv.conv2d_backward_naive(strict(dout), cache_s)), want, 1e-14)
+    want = (out, *F.conv2d_backward_naive(dout, cache))
+    out_s, cache_s = F.conv2d_forward_naive(strict(x), strict(w), strict(b), 1, 1)
+    _assert_close((out_s, *F.conv2d_backward_naive(strict(dout), cache_s)), want, 1e-14)
 
 
 def test_need_param_grads_false_gives_only_dx(rng):
     case = Case(rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3)),
                 rng.standard_normal(4), 1, 1, rng.standard_normal((2, 4, 5, 5)))
-    out, dx, dw, db = _fast(case, need_param_grads=False)
+    out, dx, dw, db = _im2col_conv(case, need_param_grads=False)
     assert dw is None and db is None
-    assert rel(dx, _fast(case)[1]) == 0.0
+    assert rel(dx, _im2col_conv(case)[1]) == 0.0
 
 
 def test_no_bias_gives_db_none(rng):
     case = Case(rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((3, 2, 3, 3)),
                 None, 1, 0, rng.standard_normal((1, 3, 2, 2)))
-    assert _fast(case)[3] is None and _naive(case)[3] is None
+    assert _im2col_conv(case)[3] is None and _naive(case)[3] is None
 
 
 def test_backward_leaves_dout_untouched(rng):
     case = Case(rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)),
                 rng.standard_normal(4), 2, 1, rng.standard_normal((2, 4, 3, 3)))
     keep = case.dout.copy()
-    _fast(case)
+    _im2col_conv(case)
     _naive(case)
     np.testing.assert_array_equal(case.dout, keep)
 
@@ -245,19 +239,19 @@ def _transposed_view(a: np.ndarray) -> np.ndarray:
 def test_non_contiguous_inputs_give_the_same_results(rng):
     case = Case(rng.standard_normal((2, 3, 7, 5)), rng.standard_normal((4, 3, 3, 2)),
                 rng.standard_normal(8)[::2], (2, 1), 1, rng.standard_normal((2, 4, 4, 6)))
-    want = _fast(case)
+    want = _im2col_conv(case)
     views = Case(_transposed_view(case.x), _transposed_view(case.w), case.b, case.stride,
                  case.padding, _transposed_view(case.dout))
-    _assert_close(_fast(views), want, 1e-14)
+    _assert_close(_im2col_conv(views), want, 1e-14)
     _assert_close(_naive(views), want, 1e-12)
     # a reversed view, compared with its contiguous copy
     flipped = Case(case.x[:, :, ::-1], case.w[:, :, :, ::-1], case.b, case.stride, case.padding,
                    case.dout[:, ::-1])
     copied = Case(*(np.ascontiguousarray(a) for a in (flipped.x, flipped.w, flipped.b)),
                   case.stride, case.padding, np.ascontiguousarray(flipped.dout))
-    _assert_close(_fast(flipped), _fast(copied), 1e-14)
-    np.testing.assert_array_equal(conv.im2col(flipped.x, (3, 2), 2, 1),
-                                  conv.im2col(flipped.x, (3, 2), 2, 1, portable=True))
+    _assert_close(_im2col_conv(flipped), _im2col_conv(copied), 1e-14)
+    np.testing.assert_array_equal(F.im2col(flipped.x, (3, 2), 2, 1),
+                                  F.im2col(copied.x, (3, 2), 2, 1))
 
 
 def test_float32_in_float32_out(rng):
@@ -265,13 +259,12 @@ def test_float32_in_float32_out(rng):
     case = Case(rng.standard_normal((2, 3, 6, 5)).astype(f32),
                 rng.standard_normal((4, 3, 3, 3)).astype(f32), rng.standard_normal(4).astype(f32),
                 (1, 2), 1, rng.standard_normal((2, 4, 6, 3)).astype(f32))
-    for results in (_fast(case), _naive(case)):
+    for results in (_im2col_conv(case), _naive(case)):
         assert [a.dtype for a in results] == [f32] * 4
-    for portable in (False, True):
-        cols = conv.im2col(case.x, 3, (1, 2), 1, portable=portable)
-        assert cols.dtype == f32
-        assert conv.col2im(cols, case.x.shape, 3, (1, 2), 1).dtype == f32
-    got = conv.conv2d_forward(strict(case.x), strict(case.w), strict(case.b), (1, 2), 1)[0]
+    cols = F.im2col(case.x, 3, (1, 2), 1)
+    assert cols.dtype == f32
+    assert F.col2im(cols, case.x.shape, 3, (1, 2), 1).dtype == f32
+    got = F.conv2d_forward(strict(case.x), strict(case.w), strict(case.b), (1, 2), 1)[0]
     assert host(got).dtype == f32
 
 
@@ -280,11 +273,11 @@ def test_float32_gradients_stay_close_to_float64(rng):
     x, w, b = rng.standard_normal((8, 4, 32, 32)), rng.standard_normal((8, 4, 3, 3)), \
         rng.standard_normal(8)
     dout = rng.standard_normal((8, 8, 32, 32)) + 1.0
-    out64, cache64 = conv.conv2d_forward(x, w, b, 1, 1)
-    grads64 = conv.conv2d_backward(dout, cache64)
+    out64, cache64 = F.conv2d_forward(x, w, b, 1, 1)
+    grads64 = F.conv2d_backward(dout, cache64)
     f32 = [a.astype(np.float32) for a in (x, w, b)]
-    out32, cache32 = conv.conv2d_forward(*f32, 1, 1)
-    grads32 = conv.conv2d_backward(dout.astype(np.float32), cache32)
+    out32, cache32 = F.conv2d_forward(*f32, 1, 1)
+    grads32 = F.conv2d_backward(dout.astype(np.float32), cache32)
     for got, want in zip((out32, *grads32), (out64, *grads64), strict=True):
         assert rel(got, want) <= 1e-5
 
@@ -310,7 +303,7 @@ _w = np.zeros((4, 3, 3, 3))
     ((_x, _w.astype(np.float32)), {}, r"expected w of the same dtype as x \(float64\), got float32"),
     ((_x, _w, np.zeros(3)), {}, r"expected b of shape \(4,\)"),
 ])
-@pytest.mark.parametrize("forward", [conv.conv2d_forward, conv.conv2d_forward_naive])
+@pytest.mark.parametrize("forward", [F.conv2d_forward, F.conv2d_forward_naive])
 def test_bad_input_raises_value_error(forward, args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         forward(*args, **kwargs)
@@ -320,22 +313,22 @@ def test_bad_input_raises_value_error(forward, args, kwargs, match):
 
 def test_im2col_and_col2im_errors():
     with pytest.raises(ValueError, match=r"im2col: expected x of rank 4"):
-        conv.im2col(np.zeros((3, 5, 5)), 3)
+        F.im2col(np.zeros((3, 5, 5)), 3)
     with pytest.raises(ValueError, match=r"im2col: expected kernel_size >= 1, got 0"):
-        conv.im2col(_x, 0)
+        F.im2col(_x, 0)
     with pytest.raises(ValueError, match=r"im2col: expected an input of at least the kernel"):
-        conv.im2col(_x, 6)
+        F.im2col(_x, 6)
     with pytest.raises(ValueError, match=r"im2col: expected a floating-point x"):
-        conv.im2col(_x.astype(np.int32), 3)
+        F.im2col(_x.astype(np.int32), 3)
     with pytest.raises(ValueError, match=r"col2im: expected cols of shape \(18, 27\).*got \(18, 26\)"):
-        conv.col2im(np.zeros((18, 26)), (2, 3, 5, 5), 3)
+        F.col2im(np.zeros((18, 26)), (2, 3, 5, 5), 3)
     with pytest.raises(ValueError, match=r"col2im: expected x_shape \(N, C, H, W\)"):
-        conv.col2im(np.zeros((18, 27)), (3, 5, 5), 3)
+        F.col2im(np.zeros((18, 27)), (3, 5, 5), 3)
 
 
 @pytest.mark.parametrize("forward, backward", [
-    (conv.conv2d_forward, conv.conv2d_backward),
-    (conv.conv2d_forward_naive, conv.conv2d_backward_naive),
+    (F.conv2d_forward, F.conv2d_backward),
+    (F.conv2d_forward_naive, F.conv2d_backward_naive),
 ])
 def test_backward_rejects_dout_of_the_wrong_shape(forward, backward):
     _, cache = forward(_x, _w, None, 1, 1)

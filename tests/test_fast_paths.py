@@ -1,17 +1,25 @@
-"""The NumPy/CuPy fast paths against the portable Array-API code they stand beside.
+"""The engine (``minires.fast``) against the reference code it stands in for.
 
-Every fast path (guarded by ``backend.is_numpy_like``) must give the numbers
-of the portable path, which array-api-strict runs: conv chunked by images and
-its input gradient by convolution, both over the shifted grid, or by
-phases for strided convolutions; ReLU by maximum and a bitwise mask; batch
-norm and the skip connection's sum split over threads. Every path must keep
-the channel-major layout of the conv outputs it receives (the next conv's
-im2col reads it without a copy). Plus,
-for the whole network, float32 gradients of every ResNet-20 parameter within
-1e-4 of float64 (the benchmark reports the same figure).
+Every fast function must give the numbers of its reference in
+``minires.functional``, run on NumPy and on array-api-strict: conv chunked by
+images and its input gradient by convolution, both over the shifted grid, or
+by phases for strided convolutions; im2col by one strided view; ReLU by
+maximum and a bitwise mask; batch norm and the skip connection's sum split
+over threads. Every fast function must keep the channel-major layout of the
+conv outputs it receives (the next conv's im2col reads it without a copy),
+have its reference's signature and accept its reference's caches. The switch
+(``MINIRES_FAST``, ``minires.fast.enable``) must change the code that runs.
+Plus, for the whole network, float32 gradients of every ResNet-20 parameter
+within 1e-4 of float64 (the benchmark reports the same figure).
 """
 
 from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +27,23 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from util import host, rel, strict
 
+import minires.fast
+from minires import functional as F
+from minires.fast import activation as fast_activation
+from minires.fast import add as fast_add
+from minires.fast import conv as fast_conv
+from minires.fast import norm as fast_norm
+from minires.fast import parallel
 from minires.functional import activation, conv, norm
 from minires.models import resnet_cifar
 from minires.nn.loss import CrossEntropyLoss
+
+
+@pytest.fixture(autouse=True)
+def engine_on():
+    """The tests here run the engine, whatever MINIRES_FAST says."""
+    with minires.fast.enabled(True):
+        yield
 
 
 @pytest.fixture
@@ -55,8 +77,8 @@ def conv_cases(draw):
 
 
 def run_conv(x, w, b, stride, padding, dout):
-    out, cache = conv.conv2d_forward(x, w, b, stride, padding)
-    return (out, *conv.conv2d_backward(dout, cache))
+    out, cache = fast_conv.conv2d_forward(x, w, b, stride, padding)
+    return (out, *fast_conv.conv2d_backward(dout, cache))
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 700, None])
@@ -65,12 +87,12 @@ def test_fast_conv_equals_portable(case, chunk_bytes):
     """Chunks of one image, of a few images (a partial last chunk), or all
     images at once: the same numbers as the portable path."""
     x, w, b, stride, padding, dout = case
-    original = conv.CHUNK_BYTES
+    original = fast_conv.CHUNK_BYTES
     try:
-        conv.CHUNK_BYTES = chunk_bytes or original
+        fast_conv.CHUNK_BYTES = chunk_bytes or original
         fast = run_conv(x, w, b, stride, padding, dout)
     finally:
-        conv.CHUNK_BYTES = original
+        fast_conv.CHUNK_BYTES = original
     portable = run_conv(*(strict(a) if isinstance(a, np.ndarray) else a for a in case))
     for name, f, p in zip(("out", "dx", "dw", "db"), fast, portable, strict=True):
         if p is None:
@@ -80,13 +102,21 @@ def test_fast_conv_equals_portable(case, chunk_bytes):
         assert rel(f, host(p)) <= 1e-13, name
 
 
+@given(case=conv_cases())
+def test_fast_im2col_equals_reference(case):
+    """One strided view and one copy: the reference's matrix."""
+    x, w, _, stride, padding, _ = case
+    fast = fast_conv.im2col(x, w.shape[2:], stride, padding)
+    np.testing.assert_array_equal(fast, conv.im2col(x, w.shape[2:], stride, padding))
+
+
 @given(case=conv_cases(), chunk_bytes=st.integers(1, 2000))
 def test_im2col_chunks_tile_the_im2col_matrix(case, chunk_bytes):
     x, w, _, stride, padding, _ = case
     kernel = w.shape[2:]
-    cols_t = conv.im2col(x, kernel, stride, padding, portable=True).T
+    cols_t = conv.im2col(x, kernel, stride, padding).T
     blocks = [(cols, block.copy())
-              for cols, block in conv.im2col_chunks(x, kernel, stride, padding, chunk_bytes)]
+              for cols, block in fast_conv.im2col_chunks(x, kernel, stride, padding, chunk_bytes)]
     assert blocks[0][0].start == 0 and blocks[-1][0].stop == cols_t.shape[1]
     for (a, _), (b, _) in zip(blocks, blocks[1:], strict=False):
         assert a.stop == b.start
@@ -106,11 +136,11 @@ def test_phase_col2im_equals_col2im(case):
     rng = np.random.default_rng(n * 1000 + c)
     cols = rng.standard_normal((n * oh * ow, c * kernel[0] * kernel[1]))
     want = conv.col2im(cols, x.shape, kernel, stride, padding)
-    hg, wg = conv.phase_grid_size((oh, ow), kernel, stride)
+    hg, wg = fast_conv.phase_grid_size((oh, ow), kernel, stride)
     dcols_t = np.zeros((cols.shape[1], n, hg, wg))
     dcols_t[:, :, :oh, :ow] = cols.T.reshape(-1, n, oh, ow)
     dx_t = np.zeros((c, n, h, wd))
-    conv.phase_col2im(dcols_t.reshape(cols.shape[1], -1), x.shape, kernel, stride, padding, dx_t)
+    fast_conv.phase_col2im(dcols_t.reshape(cols.shape[1], -1), x.shape, kernel, stride, padding, dx_t)
     np.testing.assert_array_equal(dx_t.transpose(1, 0, 2, 3), want)
 
 
@@ -122,18 +152,18 @@ def test_conv_backward_without_input_grad_gives_the_same_parameter_grads(case):
     for arrays in ((x, w, b, dout), tuple(None if a is None else strict(a)
                                           for a in (x, w, b, dout))):
         xa, wa, ba, da = arrays
-        _, cache = conv.conv2d_forward(xa, wa, ba, stride, padding)
-        full = conv.conv2d_backward(da, cache)
-        _, cache = conv.conv2d_forward(xa, wa, ba, stride, padding)
-        dx, dw, db = conv.conv2d_backward(da, cache, need_input_grad=False)
+        _, cache = fast_conv.conv2d_forward(xa, wa, ba, stride, padding)
+        full = fast_conv.conv2d_backward(da, cache)
+        _, cache = fast_conv.conv2d_forward(xa, wa, ba, stride, padding)
+        dx, dw, db = fast_conv.conv2d_backward(da, cache, need_input_grad=False)
         assert dx is None
         np.testing.assert_array_equal(host(dw), host(full[1]))
         if b is None:
             assert db is None
         else:
             np.testing.assert_array_equal(host(db), host(full[2]))
-        _, cache = conv.conv2d_forward(xa, wa, ba, stride, padding)
-        assert conv.conv2d_backward(da, cache, False, False) == (None, None, None)
+        _, cache = fast_conv.conv2d_forward(xa, wa, ba, stride, padding)
+        assert fast_conv.conv2d_backward(da, cache, False, False) == (None, None, None)
 
 
 @given(case=conv_cases(), chunk_bytes=st.integers(1, 4000))
@@ -145,18 +175,18 @@ def test_shifted_grid_holds_the_im2col_columns_at_every_output_position(case, ch
     assume(padding[0] < kernel[0] and padding[1] < kernel[1])
     n, c = x.shape[:2]
     oh, ow = conv.conv2d_output_size(x.shape[2:], kernel, (1, 1), padding)
-    want = conv.im2col(x, kernel, 1, padding, portable=True).T          # (C*KH*KW, N*OH*OW)
+    want = conv.im2col(x, kernel, 1, padding).T          # (C*KH*KW, N*OH*OW)
     want = want.reshape(-1, n, oh, ow)
     seen = []
-    for images, cols_t, grid in conv.shifted_grid(x, kernel, padding, chunk_bytes):
+    for images, cols_t, grid in fast_conv.shifted_grid(x, kernel, padding, chunk_bytes):
         assert cols_t.shape == (want.shape[0], (images.stop - images.start) * grid[0] * grid[1])
-        np.testing.assert_array_equal(conv.grid_interior(cols_t, grid, (oh, ow)),
+        np.testing.assert_array_equal(fast_conv.grid_interior(cols_t, grid, (oh, ow)),
                                       want[:, images])
         seen.append(images)
     assert seen[0].start == 0 and seen[-1].stop == n
     assert all(a.stop == b.start for a, b in zip(seen, seen[1:], strict=False))
     with pytest.raises(ValueError, match="padding below the kernel size"):
-        next(conv.shifted_grid(x, kernel, kernel))
+        next(fast_conv.shifted_grid(x, kernel, kernel))
 
 
 @pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 3), (0, 0)),
@@ -170,9 +200,9 @@ def test_shifted_grid_reads_padding_as_zeros_next_to_inf(kernel, padding):
     x[:, :, 0], x[:, :, -1] = np.inf, -np.inf
     x[:, :, :, 0], x[:, :, :, -1] = np.nan, np.inf
     oh, ow = conv.conv2d_output_size(x.shape[2:], kernel, (1, 1), padding)
-    want = conv.im2col(x, kernel, 1, padding, portable=True).T.reshape(-1, 3, oh, ow)
-    for images, cols_t, grid in conv.shifted_grid(x, kernel, padding, chunk=2):
-        np.testing.assert_array_equal(conv.grid_interior(cols_t, grid, (oh, ow)),
+    want = conv.im2col(x, kernel, 1, padding).T.reshape(-1, 3, oh, ow)
+    for images, cols_t, grid in fast_conv.shifted_grid(x, kernel, padding, chunk=2):
+        np.testing.assert_array_equal(fast_conv.grid_interior(cols_t, grid, (oh, ow)),
                                       want[:, images])
 
 
@@ -184,18 +214,18 @@ def test_backward_by_convolution_equals_col2im_and_im2col(rng, kernel, padding, 
     if x_layout == "cnhw":
         x = cnhw(x)
     w = rng.standard_normal((4, 2, *kernel))
-    out, _ = conv.conv2d_forward(x, w, None, 1, padding)
+    out, _ = fast_conv.conv2d_forward(x, w, None, 1, padding)
     dout = rng.standard_normal(out.shape)
     dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, 4)
     want_dx = conv.col2im(dout_mat @ w.reshape(4, -1), x.shape, kernel, 1, padding)
-    want_dw = (dout_mat.T @ conv.im2col(x, kernel, 1, padding, portable=True)).reshape(w.shape)
-    dx, dw = conv.conv2d_backward_by_convolution(dout, x, w, padding)
+    want_dw = (dout_mat.T @ conv.im2col(x, kernel, 1, padding)).reshape(w.shape)
+    dx, dw = fast_conv.conv2d_backward_by_convolution(dout, x, w, padding)
     assert dx.shape == x.shape and dw.shape == w.shape
     assert rel(dx, want_dx) <= 1e-13 and rel(dw, want_dw) <= 1e-13
-    dx_only, none = conv.conv2d_backward_by_convolution(dout, x, w, padding, False)
+    dx_only, none = fast_conv.conv2d_backward_by_convolution(dout, x, w, padding, False)
     assert none is None and rel(dx_only, dx) == 0.0
     with pytest.raises(ValueError, match="padding below the kernel size"):
-        conv.conv2d_backward_by_convolution(dout, x, w, kernel)
+        fast_conv.conv2d_backward_by_convolution(dout, x, w, kernel)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -203,8 +233,8 @@ def test_conv_outputs_and_input_grads_keep_the_channel_major_layout(rng, stride)
     """Speed, not values: out and dx are (N, C, H, W) views of (C, N, H, W) storage."""
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-    out, cache = conv.conv2d_forward(x, w, None, stride, 1)
-    dx, dw, _ = conv.conv2d_backward(cnhw(np.ones(out.shape, np.float32)), cache)
+    out, cache = fast_conv.conv2d_forward(x, w, None, stride, 1)
+    dx, dw, _ = fast_conv.conv2d_backward(cnhw(np.ones(out.shape, np.float32)), cache)
     for a in (out, dx):
         assert a.dtype == np.float32
         assert a.transpose(1, 0, 2, 3).flags.c_contiguous
@@ -231,9 +261,54 @@ def test_gradients_built_from_zeros_keep_the_channel_major_layout(rng):
 def test_conv_cache_keeps_x_not_cols(rng):
     """The cache must not hold a KH*KW times larger im2col matrix per layer."""
     x, w = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3))
-    _, cache = conv.conv2d_forward(x, w, None, 1, 1)
+    _, cache = fast_conv.conv2d_forward(x, w, None, 1, 1)
     arrays = [a for a in cache if isinstance(a, np.ndarray)]
     assert sum(a.size for a in arrays) == x.size + w.size
+
+
+def test_conv_caches_are_the_references_and_interchangeable(rng):
+    """The switch may change between a forward and a backward pass: each
+    backward accepts the other forward's cache, with the same results."""
+    for stride in (1, 2):
+        x, w, b = (rng.standard_normal((3, 4, 7, 6)), rng.standard_normal((5, 4, 3, 3)),
+                   rng.standard_normal(5))
+        out, fast_cache = fast_conv.conv2d_forward(x, w, b, stride, 1)
+        ref_out, ref_cache = conv.conv2d_forward(x, w, b, stride, 1)
+        assert rel(out, ref_out) <= 1e-13
+        assert len(fast_cache) == len(ref_cache)
+        assert all(f is r or f == r for f, r in zip(fast_cache, ref_cache, strict=True))
+        dout = rng.standard_normal(out.shape)
+        want = conv.conv2d_backward(dout, ref_cache)
+        for got in (fast_conv.conv2d_backward(dout, ref_cache),
+                    conv.conv2d_backward(dout, fast_cache)):
+            for g, e in zip(got, want, strict=True):
+                assert rel(g, e) <= 1e-13
+
+
+def test_conv_options_go_to_the_reference_unless_plain(rng, monkeypatch):
+    """A keyword argument of the reference that the engine does not compute
+    (``groups`` other than 1) sends the call to the reference, forward and
+    backward; ``groups=1`` runs the engine."""
+    calls = []
+
+    def spy(name):
+        def record(*args, **kwargs):
+            calls.append((name, kwargs))
+            return "reference"
+        return record
+
+    monkeypatch.setattr(conv, "conv2d_forward", spy("forward"))
+    monkeypatch.setattr(conv, "conv2d_backward", spy("backward"))
+    x, w = rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((4, 2, 3, 3))
+    assert fast_conv.conv2d_forward(x, w, None, 1, 1, groups=2) == "reference"
+    assert calls == [("forward", {"groups": 2})]
+    out, cache = fast_conv.conv2d_forward(x, np.ones((4, 4, 3, 3)), None, 1, 1, groups=1)
+    assert len(calls) == 1 and out.shape == (2, 4, 5, 5)
+    dout = np.ones(out.shape)
+    assert fast_conv.conv2d_backward(dout, (*cache, 2)) == "reference"    # a grouped cache
+    assert calls[-1][0] == "backward" and len(calls) == 2
+    dx, dw, _ = fast_conv.conv2d_backward(dout, (*cache, 1))           # groups 1: the engine
+    assert len(calls) == 2 and dx.shape == x.shape and dw.shape == (4, 4, 3, 3)
 
 
 # ---- ReLU --------------------------------------------------------------------------
@@ -243,11 +318,11 @@ def test_fast_relu_equals_portable(rng):
     x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
     x[1, 1, 1, :2] = [np.inf, -np.inf]
     dout = rng.standard_normal(x.shape)
-    out, cache = activation.relu_forward(x)
-    out_s, cache_s = activation.relu_forward(strict(x))
+    out, cache = fast_activation.relu_forward(x)
+    out_s, cache_s = fast_activation.relu_forward(strict(x))
     np.testing.assert_array_equal(out, host(out_s))        # NaN where NaN
-    np.testing.assert_array_equal(activation.relu_backward(dout, cache),
-                                  host(activation.relu_backward(strict(dout), cache_s)))
+    np.testing.assert_array_equal(fast_activation.relu_backward(dout, cache),
+                                  host(fast_activation.relu_backward(strict(dout), cache_s)))
 
 
 def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
@@ -256,8 +331,8 @@ def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
     dout = rng.standard_normal(x.shape).astype(np.float32)
     off = np.argwhere(x <= 0)
     dout[tuple(off[0])], dout[tuple(off[1])] = np.inf, np.nan
-    _, cache = activation.relu_forward(x)
-    dx = activation.relu_backward(dout, cache)
+    _, cache = fast_activation.relu_forward(x)
+    dx = fast_activation.relu_backward(dout, cache)
     assert dx.dtype == np.float32 and np.isfinite(dx).all()
     np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
     assert not np.signbit(dx[x <= 0]).any()                 # +0.0 where off, as where gives
@@ -267,9 +342,6 @@ def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_fast_add_equals_plus_and_keeps_the_layout(rng, threads, monkeypatch, n_threads):
-    from minires import parallel
-    from minires.functional.add import add
-
     threads(n_threads)
     parts = []
     split = parallel.over_channels
@@ -281,7 +353,7 @@ def test_fast_add_equals_plus_and_keeps_the_layout(rng, threads, monkeypatch, n_
     a = cnhw(rng.standard_normal((3, 4, 5, 6)).astype(np.float32))
     b = rng.standard_normal(a.shape).astype(np.float32)
     a0, b0 = a.copy(), b.copy()
-    out = add(a, b)
+    out = fast_add.add(a, b)
     # the fast path ran, its parts covering the channels once
     assert sorted((p.start, p.stop) for p in parts) == ([(0, 4)] if n_threads == 1
                                                         else [(0, 2), (2, 4)])
@@ -289,7 +361,7 @@ def test_fast_add_equals_plus_and_keeps_the_layout(rng, threads, monkeypatch, n_
     np.testing.assert_array_equal(a, a0)
     np.testing.assert_array_equal(b, b0)
     assert out.dtype == np.float32 and out.transpose(1, 0, 2, 3).flags.c_contiguous
-    np.testing.assert_array_equal(host(add(strict(a), strict(b))), a + b)
+    np.testing.assert_array_equal(host(fast_add.add(strict(a), strict(b))), a + b)
 
 
 # ---- batch norm ------------------------------------------------------------------
@@ -312,18 +384,176 @@ def test_batchnorm_numpy_equals_portable_bit_for_bit_in_both_layouts(rng, shape,
 
 
 def _run_bn(training, x, gamma, beta, rm, rv, dout):
-    out, cache = norm.batchnorm_forward(x, gamma, beta, rm, rv, training=training)
-    dx, dgamma, dbeta, *_ = norm.batchnorm_backward(dout, cache)
+    out, cache = fast_norm.batchnorm_forward(x, gamma, beta, rm, rv, training=training)
+    dx, dgamma, dbeta, *_ = fast_norm.batchnorm_backward(dout, cache)
     return out, dx, dgamma, dbeta
 
 
 def test_batchnorm_output_keeps_the_input_layout(rng):
     x = cnhw(rng.standard_normal((4, 3, 5, 5)).astype(np.float32))
-    out, cache = norm.batchnorm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32),
+    out, cache = fast_norm.batchnorm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32),
                                         None, None)
-    dx = norm.batchnorm_backward(x, cache)[0]
+    dx = fast_norm.batchnorm_backward(x, cache)[0]
     for a in (out, dx):
         assert a.dtype == np.float32 and a.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def test_batchnorm_and_relu_caches_are_interchangeable(rng):
+    x = cnhw(rng.standard_normal((4, 3, 5, 6)))
+    dout = rng.standard_normal(x.shape)
+    gamma, beta = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
+    _, fast_cache = fast_norm.batchnorm_forward(x, gamma, beta, None, None)
+    _, ref_cache = norm.batchnorm_forward(x, gamma, beta, None, None)
+    want = norm.batchnorm_backward(dout, ref_cache)
+    for got in (fast_norm.batchnorm_backward(dout, ref_cache),
+                norm.batchnorm_backward(dout, fast_cache)):
+        for g, e in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, e)
+    _, fast_mask = fast_activation.relu_forward(x)
+    _, ref_mask = activation.relu_forward(x)
+    np.testing.assert_array_equal(fast_mask, ref_mask)
+    np.testing.assert_array_equal(fast_activation.relu_backward(dout, ref_mask),
+                                  activation.relu_backward(dout, fast_mask))
+
+
+# ---- the dispatch and the switch ---------------------------------------------------
+
+def test_each_fast_function_has_its_references_signature():
+    """The public op shows the reference's signature and docstring, and holds
+    both versions; the engine's version takes the same parameters (the
+    convolution's forward also passes further keyword arguments on)."""
+    modules = {"conv": conv, "norm": norm, "activation": activation}
+    assert len(F.DISPATCHED) == 9
+    for name in F.DISPATCHED:
+        op = getattr(F, name)
+        reference, fast = op.reference, op.fast
+        file = reference.__module__.rsplit(".", 1)[1]
+        assert reference is getattr(modules.get(file) or sys.modules[reference.__module__], name)
+        assert fast.__module__ == f"minires.fast.{file}" and fast.__name__ == name
+        assert inspect.signature(op) == inspect.signature(reference)
+        assert op.__doc__ == reference.__doc__
+        params = dict(inspect.signature(fast).parameters)
+        if name == "conv2d_forward":
+            assert params.pop("options").kind is inspect.Parameter.VAR_KEYWORD
+        assert list(params.values()) == list(inspect.signature(reference).parameters.values())
+
+
+def _calls(run) -> set[tuple[str, str]]:
+    """(file relative to minires/, function) of every Python function that
+    ``run()`` calls on this thread."""
+    root = str(Path(minires.fast.__file__).parents[1]) + os.sep
+    seen: set[tuple[str, str]] = set()
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(root):
+            seen.add((frame.f_code.co_filename[len(root):], frame.f_code.co_name))
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def _train_step():
+    from minires import nn
+
+    nn.init.manual_seed(0)
+    model = resnet_cifar(8, widths=(4, 8, 8), dtype="float32")
+    x = np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    criterion = CrossEntropyLoss()
+    criterion(model(x), np.array([1, 2]))
+    model.backward(criterion.backward())
+    return {k: p.grad for k, p in model.named_parameters()}
+
+
+ENGINE_FILES = {f"fast{os.sep}{name}.py" for name in ("conv", "norm", "activation", "add")}
+
+
+def test_the_switch_changes_the_code_that_runs():
+    """Not only a flag: with the engine off, a training step through the
+    layers calls no function of the engine's files, and the reference's
+    im2col, col2im, batch norm, ReLU and sum; with it on, the engine's, and
+    not the reference's col2im or ReLU. The gradients agree."""
+    results = {}
+    for on in (True, False):
+        with minires.fast.enabled(on):
+            assert minires.fast.is_enabled() is on
+            grads = {}
+            called = _calls(lambda grads=grads: grads.update(_train_step()))
+        results[on] = grads
+        files = {file for file, _ in called}
+        reference = {(f"functional{os.sep}{file}.py", name) for file, name in [
+            ("conv", "col2im"), ("conv", "im2col"), ("activation", "relu_forward"),
+            ("activation", "relu_backward"), ("add", "add")]}
+        if on:
+            assert ENGINE_FILES <= files, files
+            assert (f"fast{os.sep}parallel.py", "over_chunks") in called
+            assert {(f"functional{os.sep}conv.py", "col2im"),
+                    (f"functional{os.sep}activation.py", "relu_forward")}.isdisjoint(called)
+        else:
+            assert files.isdisjoint(ENGINE_FILES | {f"fast{os.sep}parallel.py"}), files
+            assert reference <= called, reference - called
+    for name, g in results[True].items():
+        assert rel(g, results[False][name]) <= 1e-4, name
+
+
+def test_minires_fast_0_in_the_environment_runs_the_reference():
+    """MINIRES_FAST=0 in a fresh process: the switch is off and no function
+    of the engine's files runs in a training step."""
+    code = (
+        "import os, test_fast_paths as t, minires.fast as fast\n"
+        "called = t._calls(t._train_step)\n"
+        "print(fast.is_enabled(), sorted({f for f, _ in called} & (t.ENGINE_FILES | "
+        "{os.path.join('fast', 'parallel.py')})))\n"
+    )
+    env = dict(os.environ, MINIRES_FAST="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent),
+                                         str(Path(minires.fast.__file__).parents[2]),
+                                         env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "False []"
+
+
+def test_the_switch_reads_minires_fast_and_rejects_other_words(monkeypatch):
+    for value, on in [("0", False), ("off", False), ("False", False), ("1", True),
+                      ("yes", True), ("", True)]:
+        monkeypatch.setenv("MINIRES_FAST", value)
+        monkeypatch.setattr(minires.fast, "_on", None)
+        assert minires.fast.is_enabled() is on, value
+    monkeypatch.setenv("MINIRES_FAST", "fast")
+    monkeypatch.setattr(minires.fast, "_on", None)
+    with pytest.raises(ValueError, match="MINIRES_FAST: expected 1 or 0.*'fast'"):
+        minires.fast.is_enabled()
+    minires.fast.enable(True)
+    with minires.fast.enabled(False):
+        assert not minires.fast.is_enabled()
+        with minires.fast.enabled(True):
+            assert minires.fast.is_enabled()
+        assert not minires.fast.is_enabled()
+    assert minires.fast.is_enabled()
+
+
+def test_no_file_of_functional_imports_the_engine_or_uses_its_tricks():
+    """The textbook stays the textbook: no name of the engine, no NumPy-only
+    branch, no strided views, no threads in the code (docstrings and comments
+    aside) of any file of minires/functional/ but the dispatch point."""
+    import io
+    import tokenize
+
+    banned = {"fast", "parallel", "is_numpy", "is_numpy_like", "native", "as_strided",
+              "stride_tricks", "threading", "ThreadPoolExecutor", "concurrent"}
+    folder = Path(conv.__file__).parent
+    files = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+    assert {p.name for p in files} >= {"conv.py", "norm.py", "activation.py", "add.py"}
+    for path in files:
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        names = {t.string for t in tokens if t.type == tokenize.NAME}
+        assert not names & banned, (path.name, names & banned)
+    assert len((folder / "conv.py").read_text().splitlines()) <= 350
 
 
 # ---- the whole network -------------------------------------------------------------
@@ -372,18 +602,16 @@ def test_resnet20_float32_gradients_agree_with_float64():
     assert errors[worst] <= 1e-4, (worst, errors[worst])
 
 
-# ---- threads (minires.parallel) ---------------------------------------------------
+# ---- threads (minires.fast.parallel) ---------------------------------------------------
 
 def test_parts_cover_the_range_in_order():
-    from minires.parallel import parts
-
-    assert parts(5, 2) == [slice(0, 2), slice(2, 5)]
-    assert parts(2, 8) == [slice(0, 1), slice(1, 2)]
-    assert parts(7, 1) == [slice(0, 7)]
-    assert parts(128, 2, grain=12) == [slice(0, 60), slice(60, 128)]   # 11 chunks: 5 + 6
-    assert parts(3, 4, grain=10) == [slice(0, 3)]
+    assert parallel.parts(5, 2) == [slice(0, 2), slice(2, 5)]
+    assert parallel.parts(2, 8) == [slice(0, 1), slice(1, 2)]
+    assert parallel.parts(7, 1) == [slice(0, 7)]
+    assert parallel.parts(128, 2, grain=12) == [slice(0, 60), slice(60, 128)]   # 11 chunks: 5 + 6
+    assert parallel.parts(3, 4, grain=10) == [slice(0, 3)]
     for n, k, grain in [(1, 3, 1), (10, 3, 1), (128, 2, 1), (128, 2, 22), (17, 4, 3)]:
-        got = parts(n, k, grain)
+        got = parallel.parts(n, k, grain)
         assert got[0].start == 0 and got[-1].stop == n and len(got) <= k
         assert all(p.start % grain == 0 for p in got)
         assert all(a.stop == b.start and a.stop > a.start for a, b in zip(got, got[1:],
@@ -394,8 +622,6 @@ def test_parts_cover_the_range_in_order():
 def threads(monkeypatch):
     """Set minires's thread count for one test, restoring it afterwards; the
     test's small arrays are split too (no minimum size)."""
-    from minires import parallel
-
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 0)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_CHANNELS_SIZE", 0)
     before = parallel.threads()
@@ -404,12 +630,12 @@ def threads(monkeypatch):
 
 
 def _conv_bn_relu(x, w, stride, padding, dout, gamma, beta):
-    out, c_cache = conv.conv2d_forward(x, w, None, stride, padding)
-    y, b_cache = norm.batchnorm_forward(out, gamma, beta, None, None)
-    z, r_cache = activation.relu_forward(y)
-    dy = activation.relu_backward(dout, r_cache)
-    dout_bn, dgamma, dbeta, *_ = norm.batchnorm_backward(dy, b_cache)
-    dx, dw, _ = conv.conv2d_backward(dout_bn, c_cache)
+    out, c_cache = fast_conv.conv2d_forward(x, w, None, stride, padding)
+    y, b_cache = fast_norm.batchnorm_forward(out, gamma, beta, None, None)
+    z, r_cache = fast_activation.relu_forward(y)
+    dy = fast_activation.relu_backward(dout, r_cache)
+    dout_bn, dgamma, dbeta, *_ = fast_norm.batchnorm_backward(dy, b_cache)
+    dx, dw, _ = fast_conv.conv2d_backward(dout_bn, c_cache)
     return z, dx, dw, dgamma, dbeta
 
 
@@ -425,16 +651,16 @@ def test_threads_give_the_single_thread_numbers(rng, threads, stride, c_in, c_ou
     oh, ow = conv.conv2d_output_size((9, 7), (3, 3), (stride, stride), (1, 1))
     dout = rng.standard_normal((5, c_out, oh, ow))
     results = {}
-    original = conv.CHUNK_BYTES
+    original = fast_conv.CHUNK_BYTES
     try:
         for n in (1, 2, 3):
             threads(n)
             # chunks of 2 images on every path (the im2col and the grid columns
             # of one image are about 1.5 and 2.7 KiB here)
-            conv.CHUNK_BYTES = 2 * 8 * 9 * c_in * 10 * 9 + 1
+            fast_conv.CHUNK_BYTES = 2 * 8 * 9 * c_in * 10 * 9 + 1
             results[n] = _conv_bn_relu(x, w, stride, 1, dout, gamma, beta)
     finally:
-        conv.CHUNK_BYTES = original
+        fast_conv.CHUNK_BYTES = original
     for n in (2, 3):
         for name, a, b in zip(("out", "dx", "dw", "dgamma", "dbeta"), results[n], results[1],
                               strict=True):
@@ -449,8 +675,6 @@ def _share_chunks(x, chunk, pause=0.02):
     there are several, gets some. Returns (results, {thread: chunks})."""
     import threading
     import time
-
-    from minires import parallel
 
     taken, started = {}, threading.Event()
     main = threading.current_thread()
@@ -485,8 +709,6 @@ def test_over_chunks_hands_each_chunk_to_the_thread_that_asks(threads):
 
 
 def test_over_chunks_rejects_work_that_loses_results_or_chunks(threads):
-    from minires import parallel
-
     threads(2)
     x = np.zeros((8, 2))
     with pytest.raises(RuntimeError, match="results"):       # one result short
@@ -512,8 +734,6 @@ def test_threads_step_aside_when_blas_is_multithreaded(threads):
 
 
 def test_small_arrays_and_cupy_run_on_one_thread(threads, monkeypatch):
-    from minires import parallel
-
     threads(2)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 13)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_CHANNELS_SIZE", 17)

@@ -2,11 +2,12 @@
 
 On a GPU, in float64, CuPy must give NumPy's numbers for:
 
-- every functional op, forward and backward, and each of the convolution's
+- every functional op, forward and backward, on the engine (``minires.fast``)
+  and on the reference code, and each of the convolution's
   paths (the shifted grid and its backward by convolution, im2col chunks,
   col2im for strided convolutions and for the stem, several chunks of
   images), in the inputs' own memory layout, leaving ``dout`` untouched;
-  ``im2col``/``col2im`` (fast and portable), the running-statistics update,
+  ``im2col``/``col2im`` (engine and reference), the running-statistics update,
   ``softmax``/``log_softmax`` and the slow reference loops too;
 - every block type (train and eval mode: output, input gradient, every
   parameter gradient and the running statistics);
@@ -30,9 +31,10 @@ import numpy as np
 import pytest
 from util import host, rel
 
+import minires.fast
 from minires import backend, nn
 from minires import functional as F
-from minires.functional import conv
+from minires.fast import conv as fast_conv
 from minires.models import (
     plain_cifar,
     preact_resnet_cifar,
@@ -179,12 +181,15 @@ def _run_op(name, to=lambda a: a, dtype=np.float64):
     return out, grads, before, after
 
 
+@pytest.mark.parametrize("mode", ["fast", "reference"])
 @pytest.mark.parametrize("name", OPS)
-def test_op_on_cupy_matches_numpy(name):
+def test_op_on_cupy_matches_numpy(name, mode):
+    """On the engine, and on the reference code (MINIRES_FAST=0) too."""
     import cupy
 
     out, grads, _, _ = _run_op(name)
-    gout, ggrads, before, after = _run_op(name, to_gpu)
+    with minires.fast.enabled(mode == "fast"):
+        gout, ggrads, before, after = _run_op(name, to_gpu)
     assert isinstance(gout, cupy.ndarray) and gout.dtype == cupy.float64
     assert rel(gout, out) < 1e-12
     assert np.array_equal(before, after), "backward modified dout in place"
@@ -219,7 +224,7 @@ def test_conv_in_chunks_of_images_on_cupy_matches_numpy(name, images, monkeypatc
     ``GPU_CHUNK_BYTES``: force chunks of one image, and of two (a partial
     last chunk of a batch of 3), to run the chunked loops on CuPy."""
     out, grads, _, _ = _run_op(name)
-    monkeypatch.setattr(conv, "chunk_images", lambda *args, **kwargs: images)
+    monkeypatch.setattr(fast_conv, "chunk_images", lambda *args, **kwargs: images)
     gout, ggrads, _, _ = _run_op(name, to_gpu)
     assert rel(gout, out) < 1e-12
     for g, gg in zip(grads, ggrads, strict=True):
@@ -228,12 +233,13 @@ def test_conv_in_chunks_of_images_on_cupy_matches_numpy(name, images, monkeypatc
 
 @pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), ((2, 3), (2, 1), 0),
                                                      (1, 2, 0)])
-@pytest.mark.parametrize("portable", [False, True])
-def test_im2col_and_col2im_on_cupy_match_numpy(kernel, stride, padding, portable):
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_im2col_and_col2im_on_cupy_match_numpy(kernel, stride, padding, mode):
     rng = np.random.default_rng(0)
     x = cnhw(rng.standard_normal((3, 2, 7, 6)))
-    cols = F.im2col(x, kernel, stride, padding, portable=portable)
-    gcols = F.im2col(to_gpu(x), kernel, stride, padding, portable=portable)
+    with minires.fast.enabled(mode == "fast"):
+        cols = F.im2col(x, kernel, stride, padding)
+        gcols = F.im2col(to_gpu(x), kernel, stride, padding)
     assert np.array_equal(host(gcols), cols)
     dcols = rng.standard_normal(cols.shape)
     dx = F.col2im(dcols, x.shape, kernel, stride, padding)

@@ -1,8 +1,10 @@
 """functional: linear, flatten, relu and the skip connection (add).
 
 Finite differences in float64 on hypothesis-drawn shapes, PyTorch autograd on
-identical values, array-api-strict against NumPy, and the habits of GUIDE §2:
-dout untouched, non-contiguous inputs, dtype follows the input.
+identical values, array-api-strict against NumPy, and the house habits:
+dout untouched, non-contiguous inputs, dtype follows the input. The ops are
+the public ones, so each test runs on the engine and on the reference code
+(``[fast]`` and ``[reference]``, see conftest.py).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from util import host, rel, strict, torch_or_skip
 
-from minires.functional.activation import relu_backward, relu_forward
-from minires.functional.add import add_backward, add_forward
-from minires.functional.linear import (
+from minires.functional import (
+    add_backward,
+    add_forward,
     flatten_backward,
     flatten_forward,
     linear_backward,
     linear_forward,
+    relu_backward,
+    relu_forward,
 )
 from minires.gradcheck import check_op
 

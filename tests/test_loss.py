@@ -2,7 +2,7 @@
 
 Finite differences in float64, PyTorch's ``cross_entropy`` on identical values,
 stability for huge logits, array-api-strict against NumPy, errors, and the
-habits of GUIDE §2.
+house habits (dout untouched, dtype follows the input).
 """
 
 from __future__ import annotations

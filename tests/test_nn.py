@@ -142,7 +142,7 @@ def test_backward_without_forward_raises(rng):
 
 
 def test_frozen_parameters_get_no_gradient_and_skip_the_work(rng, monkeypatch):
-    from minires.functional import conv as conv_ops
+    from minires import functional as conv_ops  # the public op, which the layer calls
 
     conv = nn.Conv2d(2, 3, 3, dtype="float64")
     conv.requires_grad_(False)

@@ -4,7 +4,9 @@ Finite differences in float64 against a random upstream gradient (through
 ``sum(out)`` the check would prove nothing: a normalized output sums to a
 constant), PyTorch's ``batch_norm`` with its in-place running-statistics
 update over several steps, array-api-strict against NumPy, float32 accuracy
-against float64, and the habits of GUIDE §2.
+against float64, and the house habits (dout untouched, dtype follows the input).
+The ops are the public ones, so each test runs on the engine and on the
+reference code (``[fast]`` and ``[reference]``, see conftest.py).
 """
 
 from __future__ import annotations
@@ -15,12 +17,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from util import host, rel, strict, torch_or_skip
 
-from minires.functional.norm import (
-    batchnorm_backward,
-    batchnorm_forward,
-    batchnorm_running_update,
-    channel_sum,
-)
+from minires.functional import batchnorm_backward, batchnorm_forward, batchnorm_running_update
+from minires.functional.norm import channel_sum
 from minires.gradcheck import check_op
 
 TOL = 1e-6

@@ -14,13 +14,20 @@ For the sum node alone, d(a + b)/da = d(a + b)/db = I: the gradient fans out,
 both inputs receive ``dout`` exactly as it is. The two branches then add their
 contributions back up where they meet again (at ``x``, in the block's
 ``backward``).
+
+The engine: ``minires.fast.add.add`` and ``add_forward``
+(``minires/fast/add.py``) stand in for ``add`` and ``add_forward`` here, with
+the same signatures and results (on NumPy, the sum split over the CPU
+threads). The public ops ``minires.functional.add`` ... choose between the two
+(see ``minires/functional/__init__.py``); ``MINIRES_FAST=0`` runs this file's
+code everywhere.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import backend, parallel
+from .. import backend
 from ..backend import Array
 
 
@@ -35,21 +42,20 @@ def add(a: Array, b: Array) -> Array:
     Returns
     -------
     out : shape and dtype of ``a``
-
-    Fast path (NumPy): the channels (axis 1) split over the CPU threads
-    (``minires.parallel``), each part added into its slice of ``out``, which
-    keeps ``a``'s memory layout (the conv outputs' channel-major one). A
-    plain ``a + b`` runs on one core; on ResNet-20 at batch 128 these sums
-    took about 20 ms of a step.
     """
-    xp = backend.namespace(a, b)
-    if (backend.is_numpy(xp) and a.ndim >= 2 and tuple(a.shape) == tuple(b.shape)
-            and a.dtype == b.dtype):
-        lib = backend.native(xp)
-        out = lib.empty_like(a)
-        parallel.over_channels(lambda ch: lib.add(a[:, ch], b[:, ch], out=out[:, ch]), a)
-        return out
     return a + b
+
+
+def check_shortcut(x: Any, shortcut: Any, op: str) -> None:
+    """ValueError naming ``op`` unless ``shortcut`` has the shape and dtype of
+    the residual ``x`` (and TypeError for arrays of two different libraries)."""
+    backend.namespace(x, shortcut)
+    if tuple(x.shape) != tuple(shortcut.shape):
+        raise ValueError(f"{op}: expected shortcut of the residual's shape "
+                         f"{tuple(x.shape)}, got {tuple(shortcut.shape)}")
+    if x.dtype != shortcut.dtype:
+        raise ValueError(f"{op}: expected shortcut of dtype {x.dtype} (the residual's), "
+                         f"got {shortcut.dtype}")
 
 
 def add_forward(x: Array, shortcut: Array) -> tuple[Array, Any]:
@@ -65,13 +71,7 @@ def add_forward(x: Array, shortcut: Array) -> tuple[Array, Any]:
     out : same shape and dtype as ``x``
     cache : the shape, to check ``dout`` against in the backward pass
     """
-    backend.namespace(x, shortcut)      # raises for arrays of two different libraries
-    if tuple(x.shape) != tuple(shortcut.shape):
-        raise ValueError(f"add_forward: expected shortcut of the residual's shape "
-                         f"{tuple(x.shape)}, got {tuple(shortcut.shape)}")
-    if x.dtype != shortcut.dtype:
-        raise ValueError(f"add_forward: expected shortcut of dtype {x.dtype} (the residual's), "
-                         f"got {shortcut.dtype}")
+    check_shortcut(x, shortcut, "add_forward")
     return add(x, shortcut), tuple(x.shape)
 
 

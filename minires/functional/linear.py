@@ -14,6 +14,9 @@ Backward, from ``dout`` (N, D_out)::
 ``flatten`` reshapes (N, d1, d2, ...) to (N, d1*d2*...), the bridge between the
 convolutional part of a network and its classifier; its backward reshapes the
 gradient back.
+
+The engine (``minires.fast``) has no fast function for these: one product in
+BLAS is as fast as it gets, and the code here runs whether it is on or off.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Numerical stability: ``log_softmax(z) = z - max(z) - log(sum(exp(z - max(z))))``
 (the log-sum-exp trick). After subtracting the row maximum every exponent is
 <= 0, so nothing overflows even for logits of 1e4, and the largest term of the
 sum is exactly 1, so the log never sees 0.
+
+The engine (``minires.fast``) has no fast function for the loss (a few
+thousand numbers per batch): the code here runs whether it is on or off.
 """
 
 from __future__ import annotations

@@ -38,17 +38,25 @@ BLAS over one row per channel (``channel_rows``): ``channel_sum`` multiplies
 the rows by a ones vector, ``channel_dot`` takes one dot product per channel
 (the variance and ``dgamma`` without forming the full-size products). BLAS
 accumulates in many independent partial sums, so the float32 results stay
-within about 1e-7 of float64 (GUIDE section 3), and a reduction reads its
-input once, 2 to 4x faster than the elementwise product and sum it replaces.
-The rows are a free view of memory laid out (C, N, H, W), the layout of
-``conv2d_forward``'s outputs; any other layout is copied into rows first.
+within about 1e-7 of float64, and a reduction reads its input once, 2 to 4x
+faster than the elementwise product and sum it replaces. The rows are a free
+view of memory laid out (C, N, H, W), the layout of ``conv2d_forward``'s
+outputs; any other layout is copied into rows first.
+
+The engine: on NumPy and CuPy, ``minires.fast.norm.batchnorm_forward`` and
+``batchnorm_backward`` (``minires/fast/norm.py``) stand in for the pair here
+in training mode, with the same signatures and results: the same arithmetic,
+a few channels at a time over the CPU threads, into preallocated arrays. The
+public ops ``minires.functional.batchnorm_forward`` ... choose between the two
+(see ``minires/functional/__init__.py``); ``MINIRES_FAST=0`` runs this file's
+code everywhere.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import backend, parallel
+from .. import backend
 from ..backend import Array
 
 
@@ -97,7 +105,8 @@ def channel_sum(a: Array) -> Array:
     # a stack of C products (1, M) @ (M, 1), not one (C, M) @ (M,): each
     # channel's sum is then the same whichever other channels are summed in
     # the same call (BLAS's matrix-vector kernels take rows in blocks), so the
-    # threaded fast path gives the plain path's numbers to the last bit
+    # engine, which sums a few channels at a time, gives these numbers to the
+    # last bit
     sums = xp.matmul(xp.reshape(rows, (c, 1, m)), xp.ones((m, 1), dtype=a.dtype))
     return xp.reshape(sums, (c,))
 
@@ -112,6 +121,30 @@ def channel_dot(a: Array, b: Array) -> Array:
     c, m = rows_a.shape
     dots = xp.matmul(xp.reshape(rows_a, (c, 1, m)), xp.reshape(rows_b, (c, m, 1)))
     return xp.reshape(dots, (c,))
+
+
+def check_batchnorm(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any,
+                    training: bool, op: str) -> int:
+    """Validate the arguments of ``batchnorm_forward``; return M, the number of
+    values per channel."""
+    ndim = getattr(x, "ndim", None)
+    if ndim not in (2, 4):
+        got = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+        raise ValueError(f"{op}: expected x of shape (N, C, H, W) or (N, C), got {got}")
+    if not backend.namespace(x).isdtype(x.dtype, "real floating"):
+        raise ValueError(f"{op}: expected a floating-point x, got dtype {x.dtype}")
+    c = x.shape[1]
+    _check_vector(gamma, "gamma", c, x, op)
+    _check_vector(beta, "beta", c, x, op)
+    if not training or running_mean is not None:
+        _check_vector(running_mean, "running_mean", c, x, op)
+    if not training or running_var is not None:
+        _check_vector(running_var, "running_var", c, x, op)
+    count = x.shape[0] * (x.shape[2] * x.shape[3] if ndim == 4 else 1)
+    if training and count < 2:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, "
+                         f"got input of shape {tuple(x.shape)}")
+    return count
 
 
 def _check_vector(v: Any, name: str, c: int, x: Array, op: str) -> None:
@@ -147,30 +180,10 @@ def batchnorm_forward(x: Array, gamma: Array, beta: Array, running_mean: Array |
     cache : ``BatchNormCache``, for ``batchnorm_backward`` and, in training
         mode, ``batchnorm_running_update``
     """
-    op = "batchnorm_forward"
-    ndim = getattr(x, "ndim", None)
-    if ndim not in (2, 4):
-        got = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-        raise ValueError(f"{op}: expected x of shape (N, C, H, W) or (N, C), got {got}")
-    xp = backend.namespace(x)
-    if not xp.isdtype(x.dtype, "real floating"):
-        raise ValueError(f"{op}: expected a floating-point x, got dtype {x.dtype}")
-    c = x.shape[1]
-    _check_vector(gamma, "gamma", c, x, op)
-    _check_vector(beta, "beta", c, x, op)
-    if not training or running_mean is not None:
-        _check_vector(running_mean, "running_mean", c, x, op)
-    if not training or running_var is not None:
-        _check_vector(running_var, "running_var", c, x, op)
-    count = x.shape[0] * (x.shape[2] * x.shape[3] if ndim == 4 else 1)
-
+    count = check_batchnorm(x, gamma, beta, running_mean, running_var, training,
+                            "batchnorm_forward")
+    xp, ndim = backend.namespace(x), x.ndim
     if training:
-        if count < 2:
-            raise ValueError(f"{op}: expected more than 1 value per channel when training, "
-                             f"got input of shape {tuple(x.shape)}")
-        if backend.is_numpy_like(xp):
-            # Fast path: the same arithmetic, split over the CPU threads
-            return _forward_training_fast(x, gamma, beta, eps, count)
         mean = channel_sum(x) / count
         xc = x - per_channel(mean, ndim)                # x centred: xhat = xc * inv_std
         var = channel_dot(xc, xc) / count               # biased, as PyTorch normalizes
@@ -235,12 +248,6 @@ def batchnorm_backward(dout: Array, cache: BatchNormCache, need_param_grads: boo
         raise ValueError(f"batchnorm_backward: expected dout of shape {tuple(xc.shape)}, "
                          f"got {tuple(dout.shape)}")
     ndim = xc.ndim
-    if cache.training and backend.is_numpy_like(backend.namespace(dout, xc)):
-        # Fast path: the same arithmetic, split over the CPU threads
-        dx, dgamma, dbeta = _backward_training_fast(dout, cache)
-        if not need_param_grads:
-            dgamma = dbeta = None
-        return dx, dgamma, dbeta, None, None
     dgamma = dbeta = None
     if need_param_grads or cache.training:
         dbeta = channel_sum(dout)
@@ -258,58 +265,3 @@ def batchnorm_backward(dout: Array, cache: BatchNormCache, need_param_grads: boo
     if not need_param_grads:
         dgamma = dbeta = None
     return dx, dgamma, dbeta, None, None
-
-
-# ---- fast path: the channels split over the CPU threads (NumPy/CuPy) -----------
-#
-# Batch norm is independent channel by channel, so the channels can be cut
-# into parts (minires.parallel.over_channels) that run at the same time. Each
-# part repeats the arithmetic of the functions above on its slice of the
-# channels, writing into its slices of preallocated arrays through ``out=``
-# (outside the Array API standard), so no full-size temporary is made. On
-# ResNet-20 at batch 128 on 2 cores, batch norm takes about 0.6x the time of
-# the plain code. The tests check both paths against each other.
-
-def _forward_training_fast(x: Array, gamma: Array, beta: Array, eps: float,
-                           count: int) -> tuple[Array, BatchNormCache]:
-    """``batchnorm_forward`` in training mode, part by part of the channels."""
-    xp = backend.namespace(x)
-    lib, ndim = backend.native(xp), x.ndim
-    out, xc = lib.empty_like(x), lib.empty_like(x)
-
-    def channels(ch: slice) -> tuple[Array, Array, Array]:
-        x_part, xc_part, out_part = x[:, ch], xc[:, ch], out[:, ch]
-        mean = channel_sum(x_part) / count
-        lib.subtract(x_part, per_channel(mean, ndim), out=xc_part)
-        var = channel_dot(xc_part, xc_part) / count
-        inv_std = 1.0 / xp.sqrt(var + eps)
-        lib.multiply(xc_part, per_channel(gamma[ch] * inv_std, ndim), out=out_part)
-        out_part += per_channel(beta[ch], ndim)
-        return mean, var, inv_std
-
-    parts = parallel.over_channels(channels, x)
-    mean, var, inv_std = (xp.concat([p[k] for p in parts]) for k in range(3))
-    return out, BatchNormCache(True, xc, gamma, inv_std, mean, var, count)
-
-
-def _backward_training_fast(dout: Array, cache: BatchNormCache) -> tuple[Array, Array, Array]:
-    """``batchnorm_backward`` for a training-mode cache, part by part of the
-    channels: returns ``(dx, dgamma, dbeta)``."""
-    xc, gamma, inv_std, m = cache.xc, cache.gamma, cache.inv_std, cache.count
-    xp = backend.namespace(dout, xc)
-    lib, ndim = backend.native(xp), xc.ndim
-    dx = lib.empty_like(dout)
-
-    def channels(ch: slice) -> tuple[Array, Array]:
-        dout_part, xc_part, dx_part = dout[:, ch], xc[:, ch], dx[:, ch]
-        dbeta = channel_sum(dout_part)
-        dgamma = channel_dot(dout_part, xc_part) * inv_std[ch]
-        lib.multiply(xc_part, per_channel(-inv_std[ch] * dgamma / m, ndim), out=dx_part)
-        dx_part += dout_part
-        dx_part -= per_channel(dbeta / m, ndim)
-        dx_part *= per_channel(gamma[ch] * inv_std[ch], ndim)
-        return dgamma, dbeta
-
-    parts = parallel.over_channels(channels, xc)
-    dgamma, dbeta = (xp.concat([p[k] for p in parts]) for k in range(2))
-    return dx, dgamma, dbeta

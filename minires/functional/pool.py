@@ -18,6 +18,9 @@ PyTorch's conventions: max-pool pads with -inf (padding never wins), average
 pool counts the zero padding in the mean (``count_include_pad=True``), and
 padding may be at most half the kernel. Ties in a max-pool window send the
 whole gradient to the first maximum in row-major order, as PyTorch does.
+
+The engine (``minires.fast``) has no fast function for pooling: the code here
+runs whether it is on or off (a ResNet pools once, at its end).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import math
 
 from .. import backend
 from ..backend import Array
-from .conv import (
+from .conv import window
+from .shapes import (
     IntPair,
     as_pair,
     channel_major_zeros,
@@ -35,7 +39,6 @@ from .conv import (
     check_window,
     pad2d,
     unpad2d,
-    window,
 )
 
 

@@ -45,8 +45,8 @@ from typing import Any
 
 from .. import backend
 from ..backend import Array
-from ..functional.add import add, add_backward, add_forward
-from ..functional.conv import channel_major_zeros
+from ..functional import add, add_backward, add_forward
+from ..functional.shapes import channel_major_zeros
 from .layers import BatchNorm2d, Conv2d, IntPair, ReLU, _pair, check_input
 from .module import Module, Sequential
 

@@ -12,8 +12,8 @@ import math
 from typing import Any
 
 from .. import backend
+from .. import functional as F
 from ..backend import Array
-from ..functional import activation, conv, linear, norm, pool
 from . import init
 from .module import Module, Parameter
 
@@ -109,7 +109,7 @@ class Conv2d(Module):
         check_dtype(self, x, self.weight)
         check_window(self, x, self.kernel_size, self.padding)
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = conv.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
         return out
 
     def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
@@ -117,8 +117,8 @@ class Conv2d(Module):
         accumulate. ``input_grad=False`` skips dx and returns None: for the
         first layer of a network, whose input is the data."""
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), need_param_grads=need,
-                                          need_input_grad=input_grad)
+        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), need_param_grads=need,
+                                       need_input_grad=input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -147,12 +147,12 @@ class Linear(Module):
         check_input(self, x, f"(N, {self.in_features})", 2, self.in_features)
         check_dtype(self, x, self.weight)
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = linear.linear_forward(x, self.weight.data, b)
+        out, self._cache = F.linear_forward(x, self.weight.data, b)
         return out
 
     def backward(self, dout: Array) -> Array:
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = linear.linear_backward(dout, self._take_cache(), need_param_grads=need)
+        dx, dw, db = F.linear_backward(dout, self._take_cache(), need_param_grads=need)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -194,7 +194,7 @@ class _BatchNorm(Module):
             if count < 2:
                 raise ValueError(f"{self.describe()}: expected more than 1 value per channel "
                                  f"when training, got input {tuple(x.shape)}")
-        out, cache = norm.batchnorm_forward(
+        out, cache = F.batchnorm_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             training=self.training, eps=self.eps)
         if self.training:
@@ -202,14 +202,14 @@ class _BatchNorm(Module):
             m = self.momentum
             if m is None:  # cumulative moving average
                 m = 1.0 / float(self.num_batches_tracked)
-            self.running_mean, self.running_var = norm.batchnorm_running_update(
+            self.running_mean, self.running_var = F.batchnorm_running_update(
                 self.running_mean, self.running_var, cache, momentum=m)
         self._cache = cache
         return out
 
     def backward(self, dout: Array) -> Array:
         need = self.weight.requires_grad or self.bias.requires_grad
-        grads = norm.batchnorm_backward(dout, self._take_cache(), need_param_grads=need)
+        grads = F.batchnorm_backward(dout, self._take_cache(), need_param_grads=need)
         dx, dgamma, dbeta = grads[:3]
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
@@ -233,11 +233,11 @@ class ReLU(Module):
     def forward(self, x: Array) -> Array:
         if getattr(x, "shape", None) is None:
             raise ValueError(f"{self.describe()}: expected an array, got {type(x).__name__}")
-        out, self._cache = activation.relu_forward(x)
+        out, self._cache = F.relu_forward(x)
         return out
 
     def backward(self, dout: Array) -> Array:
-        return activation.relu_backward(dout, self._take_cache())
+        return F.relu_backward(dout, self._take_cache())
 
 
 class _Pool2d(Module):
@@ -256,12 +256,12 @@ class _Pool2d(Module):
     def forward(self, x: Array) -> Array:
         check_input(self, x, "(N, C, H, W)", 4)
         check_window(self, x, self.kernel_size, self.padding)
-        forward = getattr(pool, f"{self._op}_forward")
+        forward = getattr(F, f"{self._op}_forward")
         out, self._cache = forward(x, self.kernel_size, self.stride, self.padding)
         return out
 
     def backward(self, dout: Array) -> Array:
-        return getattr(pool, f"{self._op}_backward")(dout, self._take_cache())
+        return getattr(F, f"{self._op}_backward")(dout, self._take_cache())
 
 
 class MaxPool2d(_Pool2d):
@@ -284,11 +284,11 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x: Array) -> Array:
         check_input(self, x, "(N, C, H, W)", 4)
-        out, self._cache = pool.global_avgpool2d_forward(x)
+        out, self._cache = F.global_avgpool2d_forward(x)
         return out
 
     def backward(self, dout: Array) -> Array:
-        return pool.global_avgpool2d_backward(dout, self._take_cache())
+        return F.global_avgpool2d_backward(dout, self._take_cache())
 
 
 class Flatten(Module):
@@ -298,8 +298,8 @@ class Flatten(Module):
         if getattr(x, "ndim", 0) < 1:
             raise ValueError(f"{self.describe()}: expected an array (N, ...), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        out, self._cache = linear.flatten_forward(x)
+        out, self._cache = F.flatten_forward(x)
         return out
 
     def backward(self, dout: Array) -> Array:
-        return linear.flatten_backward(dout, self._take_cache())
+        return F.flatten_backward(dout, self._take_cache())

@@ -5,7 +5,7 @@ A Module here is PyTorch's Module without autograd: each layer writes its own
 *cache*); ``backward`` consumes it, adds the parameter gradients into
 ``Parameter.grad`` and returns the gradient for the layer below.
 
-Conventions (GUIDE.md section 2):
+Conventions:
 
 - gradients **accumulate**: ``backward`` adds into ``.grad``; ``zero_grad``
   clears it (to ``None``, as PyTorch does by default);

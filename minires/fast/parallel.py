@@ -1,4 +1,5 @@
-"""Run the work of one op on several CPU threads (NumPy backend only).
+"""The engine's thread pool: run the work of one op on several CPU threads
+(NumPy backend only).
 
 Why: the matrices of a CIFAR ResNet are small (16 to 64 output channels).
 OpenBLAS splits one such product over two cores poorly, and everything
@@ -7,13 +8,13 @@ batch norm, ReLU) runs on one core in NumPy. Sharing out the *images* of
 a convolution's batch instead, in chunks, each thread running the whole
 loop of copies and single-threaded products on the chunks it takes, keeps
 every core busy: on ResNet-20's 3x3 convolutions at batch 128 on 2 cores,
-1.5 to 1.7x faster than one thread driving a 2-threaded BLAS. Batch norm
-and ReLU split their *channels*, one part per thread
-(``over_channels``). NumPy releases Python's GIL inside its copies,
+1.5 to 1.7x faster than one thread driving a 2-threaded BLAS. Batch norm,
+ReLU and the skip connection's sum split their *channels*, one part per
+thread (``over_channels``). NumPy releases Python's GIL inside its copies,
 elementwise loops and BLAS calls, so plain Python threads run in parallel.
 
 The images of a convolution are independent, so its chunks of images
-(the loop of copies and products in ``functional/conv.py``) can run on any
+(the loop of copies and products in ``minires/fast/conv.py``) can run on any
 thread, and write disjoint slices of the output; only the weight gradient
 is a sum over images. ``over_chunks`` hands the chunks out one at a time,
 to whichever thread asks first, instead of cutting the batch into one
