@@ -85,7 +85,9 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-# The files whose every test runs with the engine on and off.
+# The files whose every test runs with the engine on and off, except the
+# tests marked ``no_ops``: they build models or compare names and shapes
+# without running an op, so they run once.
 BOTH_MODES = frozenset({
     "test_conv.py", "test_norm.py", "test_linear_activation.py", "test_pool.py",
     "test_loss.py", "test_nn.py", "test_blocks.py", "test_models.py",
@@ -94,7 +96,8 @@ MODES = ("fast", "reference")
 
 
 def pytest_generate_tests(metafunc):
-    if metafunc.definition.path.name in BOTH_MODES:
+    if (metafunc.definition.path.name in BOTH_MODES
+            and metafunc.definition.get_closest_marker("no_ops") is None):
         metafunc.parametrize("engine", MODES, indirect=True)
 
 
@@ -109,6 +112,12 @@ def engine(request):
     before = minires.fast.is_enabled()
     if mode is not None:
         minires.fast.enable(mode == "fast")
+    if request.node.get_closest_marker("no_ops") is not None:
+        # every public op asks the switch first: a no_ops test must not get there
+        def ran_an_op() -> bool:
+            raise AssertionError("a test marked no_ops ran an op of minires.functional")
+
+        request.getfixturevalue("monkeypatch").setattr(minires.fast, "is_enabled", ran_an_op)
     try:
         yield mode
     finally:

@@ -30,6 +30,7 @@ TORCHVISION = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_55
 # ---- parameter counts ----------------------------------------------------------
 
 
+@pytest.mark.no_ops
 @pytest.mark.parametrize("depth", list(PAPER_CIFAR))
 def test_cifar_resnet_parameter_counts_match_the_paper(depth):
     model = models.resnet_cifar(depth)
@@ -39,11 +40,13 @@ def test_cifar_resnet_parameter_counts_match_the_paper(depth):
         assert models.plain_cifar(depth).num_parameters() == PAPER_CIFAR[depth]
 
 
+@pytest.mark.no_ops
 @pytest.mark.parametrize("name", list(TORCHVISION))
 def test_imagenet_parameter_counts_match_torchvision(name):
     assert getattr(models, name)().num_parameters() == TORCHVISION[name]
 
 
+@pytest.mark.no_ops
 def test_other_parameter_counts():
     # Option B adds the two projections of stages 2 and 3 (1x1 conv + BN).
     extra = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
@@ -93,6 +96,7 @@ def test_cifar_layout():
     assert [b.out_planes for _, b in w.blocks()] == [64, 64, 128, 128, 256, 256]
 
 
+@pytest.mark.no_ops
 def test_get_model_names():
     cases = {"resnet20": ("resnet20", BasicBlock), "ResNet-56": ("resnet56", BasicBlock),
              "plain20": ("plain20", PlainBlock), "preact_resnet20": ("preact_resnet20", PreActBlock),
@@ -199,6 +203,7 @@ def test_preact_and_plain_small_gradcheck():
 # ---- against PyTorch (torchvision's layout, written out in test_blocks.torch_refs) ---
 
 
+@pytest.mark.no_ops
 @pytest.mark.torch
 def test_state_dict_keys_equal_torchvision_in_order():
     torch = torch_or_skip()
