@@ -596,9 +596,9 @@ def minires_layout(a: Any) -> Any:
     inside the network (a channels-last buffer, say, seen as NCHW)."""
     import numpy as np
 
-    from minires.functional import conv
+    from minires import functional as F
 
-    probe, _ = conv.conv2d_forward(np.zeros((2, 2, 3, 3), a.dtype), np.zeros((2, 2, 1, 1), a.dtype))
+    probe, _ = F.conv2d_forward(np.zeros((2, 2, 3, 3), a.dtype), np.zeros((2, 2, 1, 1), a.dtype))
     order = [int(i) for i in np.argsort(probe.strides)[::-1]]   # slowest axis first
     return np.ascontiguousarray(np.transpose(a, order)).transpose(np.argsort(order))
 
@@ -609,7 +609,7 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
     closures and data for one op, on ``device``."""
     import numpy as np
 
-    from minires.functional import activation, conv, norm, pool
+    from minires import functional as F  # the public ops: the engine unless MINIRES_FAST=0
 
     on = device.minires
     x = rng.standard_normal((batch, c_in, h, h)).astype(np.float32)
@@ -619,8 +619,8 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
         oh = (h - 1) // stride + 1
         dout = rng.standard_normal((batch, c_out, oh, oh)).astype(np.float32)
         wm = on(w)
-        m_fwd = lambda: conv.conv2d_forward(xm, wm, None, stride, 1)
-        m_bwd = lambda cache, d: conv.conv2d_backward(d, cache)
+        m_fwd = lambda: F.conv2d_forward(xm, wm, None, stride, 1)
+        m_bwd = lambda cache, d: F.conv2d_backward(d, cache)
         t_args = [torch.from_numpy(w)] if torch is not None else []
         t_fwd = lambda tx, tw: torch.nn.functional.conv2d(tx, tw, None, stride, 1)
     elif kind == "bn":
@@ -629,8 +629,8 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
         rm, rv = np.zeros(c_in, np.float32), np.ones(c_in, np.float32)
         dout = rng.standard_normal(x.shape).astype(np.float32)
         gm, bm, rmm, rvm = on(gamma), on(beta), on(rm), on(rv)
-        m_fwd = lambda: norm.batchnorm_forward(xm, gm, bm, rmm, rvm, training=True)
-        m_bwd = lambda cache, d: norm.batchnorm_backward(d, cache)
+        m_fwd = lambda: F.batchnorm_forward(xm, gm, bm, rmm, rvm, training=True)
+        m_bwd = lambda cache, d: F.batchnorm_backward(d, cache)
         if torch is not None:
             t_args = [torch.from_numpy(gamma), torch.from_numpy(beta)]
             trm = device.torch(torch.from_numpy(rm.copy()))
@@ -638,14 +638,14 @@ def make_op(kind: str, c_in: int, c_out: int, h: int, stride: int, batch: int, t
         t_fwd = lambda tx, g, b: torch.nn.functional.batch_norm(tx, trm, trv, g, b, True)
     elif kind == "relu":
         dout = rng.standard_normal(x.shape).astype(np.float32)
-        m_fwd = lambda: activation.relu_forward(xm)
-        m_bwd = lambda cache, d: activation.relu_backward(d, cache)
+        m_fwd = lambda: F.relu_forward(xm)
+        m_bwd = lambda cache, d: F.relu_backward(d, cache)
         t_args = []
         t_fwd = lambda tx: torch.nn.functional.relu(tx)
     elif kind == "gap":
         dout = rng.standard_normal((batch, c_in)).astype(np.float32)
-        m_fwd = lambda: pool.global_avgpool2d_forward(xm)
-        m_bwd = lambda cache, d: pool.global_avgpool2d_backward(d, cache)
+        m_fwd = lambda: F.global_avgpool2d_forward(xm)
+        m_bwd = lambda cache, d: F.global_avgpool2d_backward(d, cache)
         t_args = []
         t_fwd = lambda tx: tx.mean((2, 3))
     else:

@@ -1,8 +1,8 @@
 """Time `minires train` with its defaults and read the accuracy it reaches.
 
-The target (the training issue): on 2 CPU cores, `minires train` with no
-arguments reaches >= 98% test accuracy on the bundled digits in <= 90 s of
-wall time, start-up included.
+What it should show: on 2 CPU cores, `minires train` with no arguments
+reaches >= 98% test accuracy on the bundled digits in <= 90 s of wall time,
+start-up included.
 
 For each seed, this runs the real command in a fresh temporary folder, in a
 subprocess (`minires train` for the default seed 0, `minires train --seed S`
@@ -16,7 +16,7 @@ stretches the wall time), then reads the final test accuracy from the
     python benchmarks/train_digits.py --extra "--epochs 20"   # try other settings
 
 Writes ``benchmarks/results/train_digits.json`` (or ``--out``). Exit code 1
-if a run misses a target.
+if a run falls short of either figure.
 """
 
 from __future__ import annotations

@@ -7,7 +7,12 @@ NaN, inf, -0.0 and +0.0 included (the tests compare them bit for bit).
 Arrays of fewer than two axes, and arrays outside NumPy (and CuPy for the
 forward pass), go to the reference.
 
-MEASURED_RELU
+What it buys, measured with ``benchmarks/engine.py`` (ResNet-20's shapes,
+batch 128, float32, the 2-core development VM while other work shared it):
+the forward pass 2.3-9.6x and the backward pass 2.3-7.9x faster than the
+reference (one or two threads; the most on the largest maps); a training
+step with the reference's ReLU in place of these takes 1.21-1.23x as long
+(1.13-1.31x over repetitions).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def relu_forward(x: Array) -> tuple[Array, Any]:
     channels are split over the CPU threads (``parallel.over_channels``),
     each part writing its slice of ``out`` and of the mask.
 
-    MEASURED_RELU_FORWARD
+    Measured: 2.3-9.6x faster than the reference (module docstring).
 
     Parameters
     ----------
@@ -66,7 +71,7 @@ def relu_backward(dout: Array, cache: Any) -> Array:
     twice as long as this. The channels are split over the CPU threads.
     NumPy only: CuPy's ``where`` is fast already.
 
-    MEASURED_RELU_BACKWARD
+    Measured: 2.3-7.9x faster than the reference (module docstring).
 
     Parameters
     ----------

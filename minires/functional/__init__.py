@@ -33,9 +33,9 @@ or ``with minires.fast.enabled(False):`` runs the reference code everywhere.
 
 A module of this package (``minires.functional.conv``, ...) holds the
 reference only: ``minires.functional.conv.conv2d_forward`` is always the
-im2col code of ``conv.py``. Note that ``minires.functional.add`` is the
-dispatched function; its file is ``minires.functional.add`` in
-``sys.modules`` (``from minires.functional.add import add_backward`` works).
+im2col code of ``conv.py``. One name is taken twice: ``minires.functional.add``
+is the public sum (a function), and ``from minires.functional.add import
+add_backward`` still reads the file ``add.py``.
 """
 
 from __future__ import annotations
@@ -77,15 +77,18 @@ from ..fast import norm as _fast_norm  # isort: skip
 
 
 def _dispatch(reference: Callable[..., Any], fast: Callable[..., Any]) -> Callable[..., Any]:
-    """The public op: ``fast(...)`` while the engine is on, else ``reference(...)``.
+    """The public op: ``op.fast(...)`` while the engine is on, else
+    ``op.reference(...)``.
 
     It carries the reference's name, docstring and signature (``help`` shows
-    the textbook's), and both versions as ``.reference`` and ``.fast``."""
+    the textbook's), and both versions as ``.reference`` and ``.fast``
+    (``benchmarks/engine.py`` swaps one op's ``.fast`` for its reference to
+    measure what that fast path buys in a training step)."""
     @functools.wraps(reference)
     def op(*args: Any, **kwargs: Any) -> Any:
         if _engine.is_enabled():
-            return fast(*args, **kwargs)
-        return reference(*args, **kwargs)
+            return op.fast(*args, **kwargs)
+        return op.reference(*args, **kwargs)
 
     op.reference, op.fast = reference, fast
     return op

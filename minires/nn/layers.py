@@ -3,7 +3,9 @@
 A layer never re-derives math: its ``forward`` checks the input, calls the
 op's ``*_forward`` and keeps the cache; its ``backward`` calls ``*_backward``
 and adds the parameter gradients into ``Parameter.grad``. To see how a
-gradient is computed, open the op's file in ``minires/functional``.
+gradient is computed, open the op's file in ``minires/functional``. The ops
+are the public ones (``F.conv2d_forward``, ...), which run the engine
+(``minires.fast``) unless ``MINIRES_FAST=0``: see ``minires/functional/__init__.py``.
 """
 
 from __future__ import annotations
