@@ -28,10 +28,10 @@ def source(cell: dict) -> str:
     return "".join(s) if isinstance(s, list) else s
 
 
-def test_chapters_exist_and_are_numbered_in_order():
+def test_chapters_exist_and_have_distinct_numbers():
     assert CHAPTERS, "no chapter notebooks in chapters/"
     numbers = [int(p.name[:2]) for p in CHAPTERS]
-    assert numbers == list(range(len(numbers))), f"chapters are not numbered 00, 01, ...: {IDS}"
+    assert len(set(numbers)) == len(numbers), f"two chapters share a number: {IDS}"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
