@@ -20,10 +20,12 @@ The solutions live in ``chapters/solutions/`` of the repository.
 
 Checkers, by chapter:
 
+- 01 ``check_numerical_gradient``, ``check_softmax``
 - 02 ``check_relu``
 """
 
 from .core import Check, CheckResult
+from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_relu
 
-__all__ = ["Check", "CheckResult", "check_relu"]
+__all__ = ["Check", "CheckResult", "check_numerical_gradient", "check_relu", "check_softmax"]
