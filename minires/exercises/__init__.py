@@ -21,11 +21,12 @@ The solutions live in ``chapters/solutions/`` of the repository.
 Checkers, by chapter:
 
 - 01 ``check_numerical_gradient``, ``check_softmax``
-- 02 ``check_relu``
+- 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
 """
 
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
-from .layers import check_relu
+from .layers import check_linear, check_relu, check_softmax_cross_entropy
 
-__all__ = ["Check", "CheckResult", "check_numerical_gradient", "check_relu", "check_softmax"]
+__all__ = ["Check", "CheckResult", "check_linear", "check_numerical_gradient", "check_relu",
+           "check_softmax", "check_softmax_cross_entropy"]
