@@ -21,18 +21,18 @@ The solutions live in ``chapters/solutions/`` of the repository.
 Checkers, by chapter:
 
 - 01 ``check_numerical_gradient``, ``check_softmax``
-- 02 ``check_relu``
+- 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
 """
 
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
-from .layers import check_relu
+from .layers import check_linear, check_relu, check_softmax_cross_entropy
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
 
 __all__ = [
-    "Check", "CheckResult", "check_maxpool2d", "check_numerical_gradient", "check_relu",
-    "check_sgd_step", "check_softmax",
+    "Check", "CheckResult", "check_linear", "check_maxpool2d", "check_numerical_gradient",
+    "check_relu", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
 ]
