@@ -21,9 +21,11 @@ The solutions live in ``chapters/solutions/`` of the repository.
 Checkers, by chapter:
 
 - 02 ``check_relu``
+- 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
 """
 
+from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .layers import check_relu
 
-__all__ = ["Check", "CheckResult", "check_relu"]
+__all__ = ["Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col", "check_relu"]
