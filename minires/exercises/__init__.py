@@ -20,12 +20,16 @@ The solutions live in ``chapters/solutions/`` of the repository.
 
 Checkers, by chapter:
 
-- 02 ``check_relu``
+- 01 ``check_numerical_gradient``, ``check_softmax``
+- 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
 - 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
-from .layers import check_relu
+from .gradients import check_numerical_gradient, check_softmax
+from .layers import check_linear, check_relu, check_softmax_cross_entropy
 
-__all__ = ["Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col", "check_relu"]
+__all__ = ["Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col",
+           "check_linear", "check_numerical_gradient", "check_relu", "check_softmax",
+           "check_softmax_cross_entropy"]
