@@ -22,10 +22,12 @@ Checkers, by chapter:
 
 - 01 ``check_numerical_gradient``, ``check_softmax``
 - 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
+- 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
 """
 
+from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
@@ -33,6 +35,7 @@ from .optim import check_sgd_step
 from .pool import check_maxpool2d
 
 __all__ = [
-    "Check", "CheckResult", "check_linear", "check_maxpool2d", "check_numerical_gradient",
-    "check_relu", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
+    "Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col", "check_linear",
+    "check_maxpool2d", "check_numerical_gradient", "check_relu", "check_sgd_step",
+    "check_softmax", "check_softmax_cross_entropy",
 ]
