@@ -15,9 +15,11 @@ Layout of a file (every entry is an array with a string key):
 
 JSON text is stored as a ``uint8`` array of its UTF-8 bytes. Files are read
 with ``np.load(path, allow_pickle=False)``; object arrays are refused on both
-sides. Writing goes to a temporary file in the target's directory, which is
-flushed, fsynced and then renamed over the target with ``os.replace``: a crash
-at any moment leaves either the old file or the new one, never a mix.
+sides. Writing goes through ``minires.atomic.atomic_write``: a temporary file
+in the target's directory, flushed, fsynced and then renamed over the target
+with ``os.replace``, so a crash at any moment leaves either the old file or
+the new one, never a mix (and a later save removes the temporary file such a
+crash left behind). The file's permissions follow the umask.
 
 Any problem reading a file (missing, truncated, corrupted, not a minires
 checkpoint, digest mismatch) raises ``CheckpointError``, a ``ValueError``
@@ -31,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from .atomic import atomic_write
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "save_state_dict",
@@ -217,38 +219,14 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
 # ---------------------------------------------------------------------------
 def _write_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` at ``path`` so that a crash leaves the old file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # What np.savez does, with allow_pickle=False on every member.
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as zf:
-                for name, a in arrays.items():
-                    with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, a, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX); not possible everywhere
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        # What np.savez does, with allow_pickle=False on every member.
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED,
+                             allowZip64=True) as zf:
+            for name, a in arrays.items():
+                with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, a, allow_pickle=False)
 
 
 def _save(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -34,8 +34,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,6 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
+from .atomic import atomic_write
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import ResNet
 from .nn import CrossEntropyLoss, Module, init
@@ -380,14 +379,8 @@ def write_metrics(history: list[dict[str, float]], folder: str | Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def nonfinite_arrays(model: Module) -> list[str]:
