@@ -169,7 +169,7 @@ class Trainer:
         Raises
         ------
         TrainingDiverged as soon as a batch's loss is NaN or infinite (before
-        its backward pass and update).
+        its backward pass and update); ValueError when the loader gives no batch.
         """
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -205,6 +205,9 @@ class Trainer:
                                 img_s=f"{rate:.0f}", refresh=False)
         finally:
             bar.close()
+        if seen == 0:  # not a silent epoch with loss 0.0
+            raise ValueError(f"Trainer: the training loader gave no batches in epoch "
+                             f"{self.epoch + 1}")
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}

@@ -486,7 +486,7 @@ def _epoch(loader):
     return [(host(x), host(y)) for x, y in loader]
 
 
-@pytest.mark.parametrize(("n", "bs", "drop", "sizes"), [(10, 4, False, [4, 4, 2]), (10, 4, True, [4, 4]), (8, 4, True, [4, 4]), (3, 4, True, []), (3, 5, False, [3])])
+@pytest.mark.parametrize(("n", "bs", "drop", "sizes"), [(10, 4, False, [4, 4, 2]), (10, 4, True, [4, 4]), (8, 4, True, [4, 4]), (3, 5, False, [3]), (3, 3, True, [3])])
 def test_loader_batching_and_drop_last(n, bs, drop, sizes):
     x, y = _toy(n)
     loader = DataLoader(x, y, bs, drop_last=drop)
@@ -498,6 +498,23 @@ def test_loader_batching_and_drop_last(n, bs, drop, sizes):
         np.testing.assert_array_equal(ys, y[: len(ys)])
         np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x[: len(ys)])
     assert all(b[1].dtype == np.int64 for b in batches)
+
+
+def test_loader_refuses_lists_non_integer_batch_sizes_and_empty_epochs():
+    x, y = _toy(3)
+    with pytest.raises(TypeError, match=r"images must be an array .*got a list.*np\.asarray"):
+        DataLoader(x.tolist(), y, 2)
+    with pytest.raises(TypeError, match="labels must be an array .*got a list"):
+        DataLoader(x, y.tolist(), 2)
+    for bad in (2.5, 2.0, "2", True):
+        with pytest.raises(TypeError, match="batch_size must be an integer"):
+            DataLoader(x, y, bad)
+    assert len(DataLoader(x, y, np.int64(2))) == 2  # NumPy integers are integers
+    # an epoch without batches would be recorded as loss 0.0: refused
+    with pytest.raises(ValueError, match=r"drop_last=True with batch_size 4 > 3 images"):
+        DataLoader(x, y, 4, drop_last=True)
+    with pytest.raises(ValueError, match="empty"):
+        DataLoader(x[:0], y[:0], 4)
 
 
 def test_loader_shuffle_is_seeded_and_differs_per_epoch():
