@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import sys
 import tarfile
 import urllib.error
@@ -464,6 +465,19 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path / "missing")
     with pytest.raises(ValueError, match="mode"):
         load_image_folder(tmp_path, mode="CMYK")
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated"])
+def test_image_folder_names_a_file_that_is_not_an_image(tmp_path, content):
+    Image = _image_tree(tmp_path)
+    broken = tmp_path / "cat" / "broken.png"
+    if content == "garbage":
+        broken.write_bytes(b"this is not a png")
+    else:  # a real PNG cut short: the header reads, the pixels do not
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(broken)
+        broken.write_bytes(broken.read_bytes()[:60])
+    with pytest.raises(ValueError, match=f"{re.escape(str(broken))} is not a readable image"):
+        load_image_folder(tmp_path)
 
 
 def test_image_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):
