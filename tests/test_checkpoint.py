@@ -426,6 +426,36 @@ def test_foreign_files_are_refused(tmp_path):
         checkpoint.load_state_dict_file(text)
 
 
+@pytest.mark.parametrize("content, kind", [
+    (b"epoch,loss\n1,0.5\n", "a text file"),
+    ("caf\u00e9 ".encode() * 1000, "a text file"),  # a character cut at the 4096th byte
+    (b"", "an empty file"),
+    (b"\x80\x04\x95\x05\x00", "a Python pickle (which minires never loads)"),
+    (b"\x00\x01\xff\xfe" * 8, "a file in an unknown format"),
+], ids=["text", "long-utf8-text", "empty", "pickle", "binary"])
+def test_a_file_that_is_not_an_archive_is_named_for_what_it_is(tmp_path, content, kind):
+    """Not NumPy's advice to load it with allow_pickle (np.load tries pickle on
+    anything that is not a zip or .npy file)."""
+    path = tmp_path / "run.npz"
+    path.write_bytes(content)
+    for load in (load_checkpoint, checkpoint.load_state_dict_file):
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        assert str(err.value).startswith(f"{path}: not a minires checkpoint: this is {kind}, "
+                                         "not an .npz archive")
+        assert "pickle=" not in str(err.value) and "pickle.load" not in str(err.value)
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_an_object_array_is_refused_without_numpys_advice(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, a=np.array([1, "x"], dtype=object))
+    with pytest.raises(CheckpointError, match="holds Python objects") as err:
+        load_checkpoint(path)
+    assert "allow_pickle" not in str(err.value)
+
+
 _unpickled = []
 
 
