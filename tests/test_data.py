@@ -402,6 +402,34 @@ def test_cifar_download_cut_off_midway_is_a_cifar_error(tmp_path, http_server, h
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_downloads_cifar10_and_prints_the_data_folder(tmp_path, http_server, capsys,
+                                                          monkeypatch):
+    from functools import partial
+
+    import minires.data
+    from minires import cli
+
+    serve, base = http_server
+    archive = _tar_bytes(_members(n=8)[0])
+    serve["/cifar.tar.gz"] = (archive, "whole")
+    monkeypatch.setattr(minires.data, "load_cifar10", partial(
+        load_cifar10, md5=hashlib.md5(archive).hexdigest(), url=base + "/cifar.tar.gz"))
+    monkeypatch.setenv("MINIRES_DATA", str(tmp_path / "data"))
+    argv = ["train", "--dataset", "cifar10", "--model", "resnet8", "--epochs", "1",
+            "--batch-size", "20", "--quiet", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"minires train: error: CIFAR-10 is not in the data folder "
+                          f"{tmp_path / 'data'} ($MINIRES_DATA, else ~/.cache/minires): add "
+                          "--download to fetch it")
+    assert "download=True" not in err and len(err.splitlines()) == 1
+    assert cli.main([*argv, "--download"]) == 0
+    out = capsys.readouterr().out
+    assert f"resnet8 (75,290 parameters) on cifar10 (from {tmp_path / 'data'}): 40 train / " \
+           "8 test images" in out
+    assert (tmp_path / "data" / "cifar-10-binary.tar.gz").read_bytes() == archive
+
+
 def test_cifar_batch_deleted_after_extraction_is_extracted_again(tmp_path):
     members, truth = _members(n=2)
     md5 = _write(tmp_path, _tar_bytes(members))
