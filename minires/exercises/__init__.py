@@ -23,13 +23,15 @@ Checkers, by chapter:
 - 01 ``check_numerical_gradient``, ``check_softmax``
 - 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
 - 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
+- 04 ``check_batchnorm``
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
+from .norm import check_batchnorm
 
-__all__ = ["Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col",
-           "check_linear", "check_numerical_gradient", "check_relu", "check_softmax",
-           "check_softmax_cross_entropy"]
+__all__ = ["Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d",
+           "check_im2col", "check_linear", "check_numerical_gradient", "check_relu",
+           "check_softmax", "check_softmax_cross_entropy"]
