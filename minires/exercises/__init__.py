@@ -24,6 +24,8 @@ Checkers, by chapter:
 - 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
 - 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
 - 04 ``check_batchnorm``
+- 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
+  step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
@@ -31,7 +33,11 @@ from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
 from .norm import check_batchnorm
+from .optim import check_sgd_step
+from .pool import check_maxpool2d
 
-__all__ = ["Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d",
-           "check_im2col", "check_linear", "check_numerical_gradient", "check_relu",
-           "check_softmax", "check_softmax_cross_entropy"]
+__all__ = [
+    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_im2col",
+    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_relu",
+    "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
+]
