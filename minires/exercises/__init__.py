@@ -27,11 +27,14 @@ Checkers, by chapter:
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
 - 06 ``check_param_count`` (a plain CIFAR network's parameters, counted by hand)
+- 11 ``check_grouped_conv2d`` (a grouped convolution, ResNeXt's, from ungrouped
+  ones: forward, and backward if given)
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
+from .grouped import check_grouped_conv2d
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
 from .models import check_param_count
 from .norm import check_batchnorm
@@ -40,6 +43,7 @@ from .pool import check_maxpool2d
 
 __all__ = [
     "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_im2col",
-    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_param_count",
+    "check_grouped_conv2d", "check_linear", "check_maxpool2d", "check_numerical_gradient",
+    "check_param_count",
     "check_relu", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
 ]
