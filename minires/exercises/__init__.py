@@ -21,9 +21,13 @@ The solutions live in ``chapters/solutions/`` of the repository.
 Checkers, by chapter:
 
 - 02 ``check_relu``
+- 07 ``check_residual_wrapper``, ``check_residual_block``
 """
 
+from .blocks import check_residual_block, check_residual_wrapper
 from .core import Check, CheckResult
 from .layers import check_relu
 
-__all__ = ["Check", "CheckResult", "check_relu"]
+__all__ = [
+    "Check", "CheckResult", "check_relu", "check_residual_block", "check_residual_wrapper",
+]
