@@ -234,7 +234,7 @@ class Check:
         """Hints any comparison can recognise: a flipped sign, a constant
         factor, the right values in the wrong places."""
         denom = float(np.sum(exp * exp))
-        if denom > 0:
+        if denom > 0 and arr.size > 1:      # any number is a multiple of a scalar
             k = float(np.sum(arr * exp)) / denom
             if abs(k - 1) > 1e-3 and rel_error(arr, k * exp) < 1e-6:
                 if abs(k + 1) < 1e-6:
