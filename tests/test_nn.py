@@ -91,6 +91,58 @@ def test_load_state_dict_copies_values_and_keeps_dtype():
     assert not np.any(host(b[0].weight.data) == 7)
 
 
+def test_load_state_dict_checks_every_value_before_writing_any():
+    # issue 14, item 12: all or nothing, and the message names the key
+    net = small_net()
+    before = {k: np.array(host(v)) for k, v in net.state_dict().items()}
+    state = {k: np.ones(v.shape, dtype=v.dtype) for k, v in before.items()}
+    state["8.bias"] = np.array(["a", "b", "c"])            # the right shape, not numbers
+    with pytest.raises(ValueError, match=r"8\.bias: cannot convert"):
+        net.load_state_dict(state)
+    state["8.bias"] = np.array([None, 1.0, 2.0], dtype=object)
+    with pytest.raises(ValueError, match=r"8\.bias"):
+        net.load_state_dict(state)
+    state["8.bias"] = np.zeros(3, dtype=np.complex64)
+    with pytest.raises(ValueError, match=r"8\.bias"):
+        net.load_state_dict(state)
+    state["8.bias"] = np.zeros(3, dtype=np.float32)
+    state["8.weight"] = np.zeros((3, 4), dtype=np.float32)  # the last entry: all others fine
+    with pytest.raises(ValueError, match=r"8\.weight"):
+        net.load_state_dict(state)
+    for k, v in net.state_dict().items():                   # nothing was written
+        assert np.array_equal(host(v), before[k]), k
+    state["8.weight"] = np.zeros((3, 5), dtype=np.float32)
+    net.load_state_dict(state)
+    assert np.all(host(net[0].weight.data) == 1)
+
+
+def test_strict_load_accepts_a_state_without_num_batches_tracked():
+    # issue 14, item 14: as in PyTorch, the counter starts again at 0
+    net = small_net()
+    net(np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32))
+    assert int(net[1].num_batches_tracked) == 1
+    other = small_net()
+    state = {k: v for k, v in other.state_dict().items() if "num_batches_tracked" not in k}
+    result = net.load_state_dict(state)                     # strict, no KeyError
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert int(net[1].num_batches_tracked) == 0 and int(net[7].num_batches_tracked) == 0
+    assert net[1].num_batches_tracked.dtype == np.int64
+    assert np.array_equal(host(net[1].running_var), host(other[1].running_var))
+    missing, _ = net.load_state_dict({k: v for k, v in state.items() if k != "1.bias"},
+                                     strict=False)
+    assert missing == ["1.bias"]                            # the counter is not reported
+
+
+def test_strict_load_of_torch_weights_without_num_batches_tracked():
+    torch = torch_or_skip()
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = {k: v for k, v in t.state_dict().items() if "num_batches_tracked" not in k}
+    t.load_state_dict(state)                                # PyTorch accepts it too
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    net.load_state_dict(state)
+    assert np.array_equal(host(net[0].weight.data), t[0].weight.detach().numpy().astype(np.float32))
+
+
 def test_num_batches_tracked_is_ignored_when_absent():
     lin = nn.Linear(2, 2)
     lin.load_state_dict({**lin.state_dict(), "num_batches_tracked": np.array(3)})

@@ -222,11 +222,18 @@ class Module:
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state`` (NumPy/CuPy arrays or torch tensors).
 
-        Shapes must match exactly; a mis-shaped entry always raises. With
-        ``strict=True``, missing and unexpected keys raise ``KeyError`` listing
-        them by name; with ``strict=False`` they are returned. Values take the
-        dtype and backend of the existing entry. ``num_batches_tracked`` is
-        accepted and ignored when this model has no such buffer.
+        All or nothing: every value is checked (shape, and that it converts to
+        the entry's dtype) before any is written, so a bad entry leaves the
+        module as it was; the error names the key. Shapes must match exactly;
+        a mis-shaped entry always raises ``ValueError``. With ``strict=True``,
+        missing and unexpected keys raise ``KeyError`` listing them by name;
+        with ``strict=False`` they are returned. Values take the dtype and
+        backend of the existing entry.
+
+        ``num_batches_tracked`` follows PyTorch: an extra one is ignored when
+        this model has no such buffer, and a missing one (weights from other
+        tools often lack it) is not an error, even when strict: the counter
+        starts again at 0.
         """
         own: dict[str, tuple[Module, str, bool]] = {}
         for mod_name, mod in self.named_modules():
@@ -235,30 +242,43 @@ class Module:
                 own[pre + name] = (mod, name, True)
             for name in mod._buffers:
                 own[pre + name] = (mod, name, False)
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
+        counters = [k for k in own if _is_counter(k) and k not in state]
+        missing = [k for k in own if k not in state and k not in counters]
+        unexpected = [k for k in state if k not in own and not _is_counter(k)]
         if strict and (missing or unexpected):
             raise KeyError(
                 f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
                 f"unexpected keys {unexpected}"
             )
+        # First convert every value (nothing written yet), then write them all.
+        where = f"{type(self).__name__}.load_state_dict"
+        values: dict[str, Array] = {}
         wrong = []
         for key, (mod, name, is_param) in own.items():
-            if key not in state:
+            if key not in state and key not in counters:
                 continue
             current = mod._parameters[name].data if is_param else mod._buffers[name]
-            value = backend.to_numpy(state[key])
+            if key in counters:
+                values[key] = backend.namespace(current).zeros_like(current)
+                continue
+            try:
+                value = _host_numbers(state[key])
+            except Exception as err:  # whatever the value is, the message names the key
+                raise ValueError(f"{where}: {key}: cannot convert {type(state[key]).__name__} "
+                                 f"to an array of numbers ({err})") from err
             if tuple(value.shape) != tuple(current.shape):
                 wrong.append(f"{key}: expected {tuple(current.shape)}, got {tuple(value.shape)}")
-        if wrong:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: shape mismatch for "
-                             + "; ".join(wrong))
-        for key, (mod, name, is_param) in own.items():
-            if key not in state:
                 continue
-            current = mod._parameters[name].data if is_param else mod._buffers[name]
-            value = backend.namespace(current).asarray(
-                backend.to_numpy(state[key]), dtype=current.dtype, copy=True)
+            try:
+                values[key] = backend.namespace(current).asarray(value, dtype=current.dtype,
+                                                                 copy=True)
+            except (TypeError, ValueError, OverflowError) as err:
+                raise ValueError(f"{where}: {key}: cannot convert dtype {value.dtype} to "
+                                 f"{current.dtype} ({err})") from err
+        if wrong:
+            raise ValueError(f"{where}: shape mismatch for " + "; ".join(wrong))
+        for key, value in values.items():
+            mod, name, is_param = own[key]
             if is_param:
                 mod._parameters[name].data = value
             else:
@@ -300,6 +320,19 @@ class Module:
             lines.append(f"  ({name}): {child_repr}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _is_counter(key: str) -> bool:
+    return key == "num_batches_tracked" or key.endswith(".num_batches_tracked")
+
+
+def _host_numbers(value: Any) -> np.ndarray:
+    """``value`` as a NumPy array of booleans, integers or reals; ``ValueError``
+    for anything else (strings, objects, complex numbers)."""
+    a = backend.to_numpy(value)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"dtype {a.dtype} holds no real numbers")
+    return a
 
 
 def _convert(a: Array, dtype: Any, target_xp: Any) -> Array:
