@@ -328,22 +328,39 @@ class Trainer:
         ``restore_scheduler=False`` keeps this trainer's schedule as it is (to
         continue with a re-planned one; the optimizer's lrs are then the saved
         ones until the caller sets them).
+
+        All or nothing: a checkpoint that does not fit (another model, other
+        parameter groups, another schedule type) raises and leaves the trainer
+        as it was.
         """
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        undo = self.state()  # what this trainer goes back to if a part does not fit
+        try:
+            self._restore(ckpt, restore_scheduler)
+        except Exception:
+            self._restore(undo, restore_scheduler)
+            raise
+        self.epoch = int(ckpt["epoch"])
+        self.history = list((ckpt.get("extra") or {}).get("history", []))
+        return ckpt
+
+    def _restore(self, state: dict[str, Any], restore_scheduler: bool) -> None:
+        """Load a checkpoint's pieces. The optimizer (whose load checks the
+        parameter groups and changes nothing if they do not match) comes
+        first and the model's weights (checked in full before any is written)
+        last, so that a checkpoint of another model or grouping raises before
+        the weights are replaced; ``resume`` undoes the pieces in between."""
+        self.optimizer.load_state_dict(state["optimizer_state"])
         if (restore_scheduler and self.scheduler is not None
-                and ckpt.get("scheduler_state") is not None):
-            self.scheduler.load_state_dict(ckpt["scheduler_state"])
-        rng = ckpt.get("rng_state") or {}
+                and state.get("scheduler_state") is not None):
+            self.scheduler.load_state_dict(state["scheduler_state"])
+        rng = state.get("rng_state") or {}
         for name, obj in (("train_loader", self.train_loader), ("test_loader", self.test_loader)):
             if rng.get(name) is not None and _stateful(obj):
                 obj.load_state_dict(rng[name])
         if rng.get("init") is not None:
             init.get_rng().bit_generator.state = rng["init"]
-        self.epoch = int(ckpt["epoch"])
-        self.history = list((ckpt.get("extra") or {}).get("history", []))
-        return ckpt
+        self.model.load_state_dict(state["model_state"])
 
     # ---- files ------------------------------------------------------------------
     def _write_outputs(self) -> None:
