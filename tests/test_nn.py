@@ -65,6 +65,28 @@ def test_parameters_are_float32_by_default_and_to_casts():
     assert bn.num_batches_tracked.dtype == np.int64
 
 
+def test_numel_and_to_with_a_device_first():
+    # issue 14, item 21
+    net = small_net()
+    assert net[0].weight.numel() == 4 * 3 * 3 * 3
+    assert sum(p.numel() for p in net.parameters()) == net.num_parameters()
+    assert nn.Parameter(np.float32(2.0)).numel() == 1
+    assert net.to("cpu") is net and net.to(device="cpu") is net and net.to("CPU") is net
+    assert all(type(p.data) is np.ndarray for p in net.parameters())
+    net.to("float64")                                       # a dtype first, as before
+    assert net[0].weight.dtype == np.float64
+    net.to(dtype="float32", device="cpu")
+    assert net[0].weight.dtype == np.float32
+    net.to("array_api_strict")
+    assert "array_api_strict" in type(net[0].weight.data).__module__
+    net.to("cpu")
+    assert type(net[0].weight.data) is np.ndarray
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        net.to(device="tpu")
+    with pytest.raises(ValueError, match="two devices"):
+        net.to("cpu", device="cuda")
+
+
 def test_load_state_dict_reports_missing_unexpected_and_misshaped():
     net = small_net()
     state = dict(net.state_dict())
@@ -245,6 +267,95 @@ def test_error_messages_name_layer_expected_and_received():
         nn.BatchNorm2d(4)(np.zeros((1, 4, 1, 1), dtype=np.float32))
     with pytest.raises(ValueError, match=r"MaxPool2d.*smaller than the kernel"):
         nn.MaxPool2d(3)(np.zeros((1, 1, 2, 2), dtype=np.float32))
+
+
+def test_global_avg_pool_refuses_empty_maps():
+    # issue 14, item 15: a ValueError like the other layers, not NaN and a warning
+    gap = nn.GlobalAvgPool2d()
+    for shape in [(2, 3, 0, 0), (2, 3, 0, 4), (2, 3, 5, 0)]:
+        with pytest.raises(ValueError, match=r"GlobalAvgPool2d\(\): expected feature maps of "
+                                             r"at least 1x1, got input \(2, 3, "):
+            gap(np.zeros(shape, dtype=np.float32))
+    assert gap(np.ones((2, 3, 1, 1), dtype=np.float32)).shape == (2, 3)
+
+
+def refusal_cases():
+    """(name, module factory, input shape, output shape) for every kind of module."""
+    blocks = nn.blocks
+    return [
+        ("conv", lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5), (2, 4, 5, 5)),
+        ("linear", lambda: nn.Linear(6, 4), (3, 6), (3, 4)),
+        ("bn2d", lambda: nn.BatchNorm2d(3), (2, 3, 4, 4), (2, 3, 4, 4)),
+        ("bn1d", lambda: nn.BatchNorm1d(6), (3, 6), (3, 6)),
+        ("relu", nn.ReLU, (2, 3, 4, 4), (2, 3, 4, 4)),
+        ("maxpool", lambda: nn.MaxPool2d(2), (2, 3, 4, 4), (2, 3, 2, 2)),
+        ("avgpool", lambda: nn.AvgPool2d(2), (2, 3, 4, 4), (2, 3, 2, 2)),
+        ("gap", nn.GlobalAvgPool2d, (2, 3, 4, 4), (2, 3)),
+        ("flatten", nn.Flatten, (2, 3, 2, 2), (2, 12)),
+        ("identity", nn.Identity, (2, 3), (2, 3)),
+        ("shortcut_a", lambda: nn.ShortcutA(3, 6, 2), (2, 3, 5, 5), (2, 6, 3, 3)),
+        ("basic_a", lambda: nn.BasicBlock(3, 6, 2, shortcut="A"), (2, 3, 5, 5), (2, 6, 3, 3)),
+        ("basic_b", lambda: nn.BasicBlock(3, 6, 2, shortcut="B"), (2, 3, 5, 5), (2, 6, 3, 3)),
+        ("plain", lambda: nn.PlainBlock(3, 3), (2, 3, 4, 4), (2, 3, 4, 4)),
+        ("bottleneck", lambda: nn.Bottleneck(4, 2, 2), (2, 4, 4, 4), (2, 8, 2, 2)),
+        ("preact", lambda: nn.PreActBlock(3, 6, 2, shortcut="A"), (2, 3, 4, 4), (2, 6, 2, 2)),
+        ("preact_bottleneck", lambda: nn.PreActBottleneck(4, 2), (2, 4, 3, 3), (2, 8, 3, 3)),
+        ("sequential", lambda: nn.Sequential(nn.Conv2d(3, 4, 1), blocks.BasicBlock(4, 4)),
+         (2, 3, 3, 3), (2, 4, 3, 3)),
+    ]
+
+
+@pytest.mark.parametrize("case", refusal_cases(), ids=lambda c: c[0])
+def test_a_refused_backward_keeps_the_cache(case, rng):
+    # issue 14, items 16 and 17: a wrongly shaped dout is refused with the
+    # module's name and both shapes, before anything is consumed or
+    # accumulated, so the corrected call gives what a single call gives
+    _, make, in_shape, out_shape = case
+    m = make().to(dtype="float64")
+    x = rng.standard_normal(in_shape)
+    dout = rng.standard_normal(out_shape)
+    nn.init.manual_seed(0)
+    out = m(x)
+    assert out.shape == out_shape
+    wrong = [out_shape[:1] + (out_shape[1] + 1,) + out_shape[2:],   # one channel too many
+             out_shape[:1] + (out_shape[1] - 1,) + out_shape[2:]]   # one too few
+    if len(out_shape) == 4:
+        wrong.append(out_shape[:2] + (out_shape[2] + 1, out_shape[3]))   # spatial size
+    for shape in wrong:
+        with pytest.raises(ValueError, match=rf"expected dout of the output's shape "
+                                             rf"\({out_shape[0]}, {out_shape[1]}.*got "
+                                             rf"\({shape[0]}, {shape[1]}"):
+            m.backward(np.zeros(shape))
+    dx = m.backward(dout)
+    grads = {k: np.array(p.grad) for k, p in m.named_parameters()}
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        m.backward(dout)                                   # consumed by the good call
+    m.zero_grad()
+    m(x)
+    dx_once = m.backward(dout)
+    assert np.array_equal(dx, dx_once)
+    for k, p in m.named_parameters():
+        assert np.array_equal(grads[k], p.grad), k
+
+
+def test_shortcut_a_backward_checks_dout_after_a_plain_forward_call(rng):
+    # issue 14, item 16, when forward is called directly (no module boundary)
+    sc = nn.ShortcutA(16, 32, 2)
+    x = rng.standard_normal((2, 16, 8, 8))
+    for bad in [(2, 16, 4, 4), (2, 48, 4, 4), (2, 32, 3, 4)]:
+        sc.forward(x)
+        with pytest.raises(ValueError, match=rf"ShortcutA\(16->32, stride=2\): expected dout "
+                                             rf"of the output's shape \(2, 32, 4, 4\), got "
+                                             rf"\({bad[0]}, {bad[1]}, {bad[2]}, {bad[3]}\)"):
+            sc.backward(np.zeros(bad))
+
+
+def test_cross_entropy_refused_dout_keeps_the_cache():
+    ce = nn.CrossEntropyLoss()
+    ce(np.zeros((3, 4)), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss\(\): expected dout .*\(\), got \(3,\)"):
+        ce.backward(np.ones(3))
+    assert ce.backward().shape == (3, 4)
 
 
 def test_cross_entropy_errors():

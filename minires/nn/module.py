@@ -18,6 +18,7 @@ Conventions (GUIDE.md section 2):
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import Array
+from ..grad_mode import is_grad_enabled
 
 
 class Parameter:
@@ -51,6 +53,10 @@ class Parameter:
     def dtype(self) -> Any:
         return self.data.dtype
 
+    def numel(self) -> int:
+        """Number of values (PyTorch's name): the product of the shape."""
+        return math.prod(self.shape)
+
     def accumulate(self, grad: Array | None) -> None:
         """Add ``grad`` into ``.grad`` (gradients accumulate, like PyTorch)."""
         if not self.requires_grad or grad is None:
@@ -63,6 +69,13 @@ class Parameter:
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, " \
                f"requires_grad={self.requires_grad})"
+
+
+class _Saved(NamedTuple):
+    """A forward's cache with the shape of its output (set by ``Module.__call__``)."""
+
+    cache: Any
+    out_shape: tuple[int, ...]
 
 
 class IncompatibleKeys(NamedTuple):
@@ -134,17 +147,39 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        """Run ``forward``. Under ``minires.no_grad()`` the cache it kept is
+        dropped at once; otherwise the output's shape is kept with it, so the
+        backward can check ``dout`` before using the cache (``_take_cache``)."""
+        out = self.forward(*args, **kwargs)
+        cache = self.__dict__.get("_cache")
+        if cache is not None:
+            if not is_grad_enabled():
+                self._cache = None
+            elif not isinstance(cache, _Saved):
+                self._cache = _Saved(cache, tuple(getattr(out, "shape", ())))
+        return out
 
-    def _take_cache(self) -> Any:
+    def _take_cache(self, dout: Any = None) -> Any:
         """Return the cache saved by the last forward and forget it, so a second
-        backward without a new forward raises instead of reusing stale data."""
+        backward without a new forward raises instead of reusing stale data.
+
+        Given ``dout``, first check that it has the shape of the forward's
+        output (when the forward ran through ``__call__``): a wrong one raises
+        ``ValueError`` naming this module and keeps the cache, so a corrected
+        call still works."""
         cache = self.__dict__.get("_cache")
         if cache is None:
             raise RuntimeError(
                 f"{self.describe()}: backward called without a matching forward "
-                "(each forward allows one backward)"
+                "(each forward allows one backward; a forward under no_grad() keeps "
+                "nothing for one)"
             )
+        if isinstance(cache, _Saved):
+            got = tuple(getattr(dout, "shape", ()))
+            if dout is not None and got != cache.out_shape:
+                raise ValueError(f"{self.describe()}: expected dout of the output's shape "
+                                 f"{cache.out_shape}, got {got}")
+            cache = cache.cache
         self._cache = None
         return cache
 
@@ -181,7 +216,7 @@ class Module:
 
     def num_parameters(self) -> int:
         """Total number of learnable values (what the papers count)."""
-        return sum(int(np.prod(p.shape)) for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())
 
     # ---- modes and gradients -------------------------------------------
     def train(self, mode: bool = True) -> Module:
@@ -288,18 +323,27 @@ class Module:
     def to(self, dtype: Any = None, device: str | None = None) -> Module:
         """Cast floating parameters and buffers to ``dtype`` and/or move every
         array to ``device`` ("cpu"/"numpy", "cuda"/"cupy", or "array_api_strict").
+        As in PyTorch, a device may also come first: ``model.to("cpu")``.
         Integer buffers (``num_batches_tracked``) keep their dtype. Gradients are
         cleared. Returns ``self``, changed in place, like PyTorch."""
+        if isinstance(dtype, str) and dtype.strip().lower().split(":")[0] in _DEVICES:
+            if device is not None:
+                raise ValueError(f"{type(self).__name__}.to: two devices given, {dtype!r} "
+                                 f"and {device!r}")
+            dtype, device = None, dtype
+        target = None
         if device is not None:
-            alias = {"cpu": "numpy", "cuda": "cupy", "gpu": "cupy"}
-            name = alias.get(device, device)
-            target = backend._load(name)
+            name = str(device).strip().lower().split(":")[0]   # "cuda:0" -> "cuda"
+            if name not in _DEVICES:
+                raise ValueError(f"{type(self).__name__}.to: unknown device {device!r}; "
+                                 f"expected one of {sorted(_DEVICES)}")
+            target = backend._load(_DEVICES[name])
         for mod in self.modules():
             for p in mod._parameters.values():
-                p.data = _convert(p.data, dtype, target if device is not None else None)
+                p.data = _convert(p.data, dtype, target)
                 p.grad = None
             for k, b in list(mod._buffers.items()):
-                mod._buffers[k] = _convert(b, dtype, target if device is not None else None)
+                mod._buffers[k] = _convert(b, dtype, target)
             mod._cache = None
         return self
 
@@ -320,6 +364,10 @@ class Module:
             lines.append(f"  ({name}): {child_repr}")
         lines.append(")")
         return "\n".join(lines)
+
+
+_DEVICES = {"cpu": "numpy", "numpy": "numpy", "cuda": "cupy", "gpu": "cupy", "cupy": "cupy",
+            "array_api_strict": "array_api_strict"}
 
 
 def _is_counter(key: str) -> bool:
@@ -386,5 +434,5 @@ class Identity(Module):
         return x
 
     def backward(self, dout: Array) -> Array:
-        self._take_cache()
+        self._take_cache(dout)
         return dout
