@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from . import backend
 from .checkpoint import load_checkpoint, save_checkpoint
+from .grad_mode import no_grad
 from .models import ResNet
 from .nn import CrossEntropyLoss, Module, init
 from .plot import plot_history
@@ -90,20 +91,22 @@ def evaluate(model: Module, loader: Iterable, criterion: Module | None = None) -
     -------
     dict with ``loss`` (mean over images), ``acc`` (fraction correct) and
     ``images``. BatchNorm uses its running statistics, so the result does not
-    depend on how the images are batched. The model's mode is restored and
-    the caches of the forward passes are dropped.
+    depend on how the images are batched. The forwards run under
+    ``minires.no_grad()`` (no layer keeps a cache: for ResNet-20 at batch
+    1024, see benchmarks/nograd_memory.py); the model's mode is restored.
     """
     criterion = criterion or CrossEntropyLoss()
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     try:
-        for x, y in loader:
-            logits = model(x)
-            n = int(x.shape[0])
-            total_loss += float(criterion(logits, y)) * n
-            correct += count_correct(logits, y)
-            seen += n
+        with no_grad():  # no backward follows: each layer drops its cache at once
+            for x, y in loader:
+                logits = model(x)
+                n = int(x.shape[0])
+                total_loss += float(criterion(logits, y)) * n
+                correct += count_correct(logits, y)
+                seen += n
     finally:
         model.train(was_training)
         for m in model.modules():  # free the activations kept for a backward
