@@ -87,6 +87,21 @@ def test_numel_and_to_with_a_device_first():
         net.to("cpu", device="cuda")
 
 
+def test_print_model_shows_each_convolutions_kernel_stride_and_padding():
+    # issue 14, item 18: the 3x3 stride-2 conv and the 1x1 projection differ
+    from minires.models import get_model
+
+    text = repr(get_model("resnet20", shortcut="B"))
+    assert "(conv1): Conv2d(16->32, 3x3, stride=2, padding=1)" in text
+    assert "(0): Conv2d(16->32, 1x1, stride=2)" in text
+    assert "Conv2d(16->32)\n" not in text
+    assert "shortcut=B" in text                            # a block's own settings too
+    assert repr(nn.MaxPool2d(3, 2, 1)) == "MaxPool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))"
+    # error messages keep the short form
+    with pytest.raises(ValueError, match=r"^Conv2d\(3->16\): expected input"):
+        nn.Conv2d(3, 16, 3)(np.zeros((1, 2, 8, 8), dtype=np.float32))
+
+
 def test_load_state_dict_reports_missing_unexpected_and_misshaped():
     net = small_net()
     state = dict(net.state_dict())

@@ -218,6 +218,20 @@ class Module:
         """Total number of learnable values (what the papers count)."""
         return sum(p.numel() for p in self.parameters())
 
+    def summary(self, input_shape: tuple[int, ...], depth: int = 3) -> Any:
+        """A torchinfo-style table of each layer's output shape, parameters
+        and FLOPs for inputs of ``input_shape`` (N, C, H, W), with the totals.
+
+        Returns a ``minires.summary.ModelSummary``: print it, or let a notebook
+        show it; ``.total_params``, ``.trainable_params``, ``.total_macs`` and
+        ``.total_flops`` hold the totals. Runs one forward pass on a batch of
+        one in eval mode under ``no_grad`` and leaves the model as it was;
+        see ``minires.summary`` for how FLOPs are counted.
+        """
+        from ..summary import summarize
+
+        return summarize(self, input_shape, depth)
+
     # ---- modes and gradients -------------------------------------------
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():
@@ -356,9 +370,11 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def __repr__(self) -> str:
-        if not self._modules:
-            return self.describe()
+        if not self._modules:  # the full extra_repr (a conv's kernel, stride, padding),
+            return f"{type(self).__name__}({self.extra_repr()})"  # not describe()'s short form
         lines = [f"{type(self).__name__}("]
+        if self.extra_repr():  # as PyTorch prints it: first, inside the parentheses
+            lines.append(f"  {self.extra_repr()}")
         for name, child in self._modules.items():
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
