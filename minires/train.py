@@ -380,8 +380,30 @@ class Trainer:
         if self.out_dir is None or not self.history:
             return None
         self._last_curves = time.perf_counter()
+        fc = getattr(self.model, "fc", None)
+        classes = self.config.get("num_classes") or getattr(fc, "out_features", None)
         return plot_history(self.history, self.out_dir / "curves.png",
-                            title=str(self.config.get("model", "")))
+                            title=curves_title(self.config),
+                            label_smoothing=getattr(self.criterion, "label_smoothing", 0.0),
+                            num_classes=classes)
+
+
+def curves_title(config: dict[str, Any]) -> str:
+    """The title of ``curves.png`` from a run's config: the model, the dataset
+    (its classes when only some are used) and, for a fine-tune, where its
+    weights came from, e.g. ``"resnet8 fine-tuned on digits (classes 5,6,7)
+    from pretrain/checkpoint.npz"``. Keys that are missing are left out."""
+    title = str(config.get("model") or "")
+    finetune = config.get("command") == "finetune"
+    if finetune:
+        title += " fine-tuned" if title else "fine-tuned"
+    if config.get("dataset"):
+        title += f" on {Path(str(config['dataset'])).name}"
+        if config.get("classes"):
+            title += f" (classes {','.join(str(c) for c in config['classes'])})"
+    if finetune and config.get("source"):
+        title += " from " + "/".join(Path(str(config["source"])).parts[-2:])
+    return title.strip()
 
 
 def write_metrics(history: list[dict[str, float]], folder: str | Path) -> None:
