@@ -21,6 +21,8 @@ from typing import Any
 
 # error ticks (in %) on the symlog axis: readable values at every scale
 ERROR_TICKS = (0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+FINE_ERROR_TICKS = (0, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 40,
+                    50, 60, 70, 80, 90, 100)
 
 
 def figure(**kwargs: Any) -> Any:
@@ -110,6 +112,8 @@ def learning_curves(history: Sequence[Mapping[str, float]], title: str = "",
             lo, hi = ERROR_TICKS[max(i - 1, 0)], ERROR_TICKS[min(i + 1, len(ERROR_TICKS) - 1)]
         # 0.1% and 0.2% only where the axis stays below 2%: above, they crowd 0%
         ticks = [t for t in ERROR_TICKS if lo <= t <= hi and (hi <= 2 or t == 0 or t >= 0.5)]
+        if len(ticks) < 4:  # a narrow range (say 55% to 90%): finer steps
+            ticks = [t for t in FINE_ERROR_TICKS if lo <= t <= hi]
         ax_err.set_ylim(-0.05 * min(hi, 1) if lo == 0 else lo / 1.1, hi * 1.1)
         ax_err.yaxis.set_major_locator(FixedLocator(ticks))
     ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))

@@ -61,7 +61,13 @@ def test_error_axis_has_readable_percent_ticks():
     assert labels and all(label.endswith("%") for label in labels)
     values = [float(label[:-1]) for label in labels]
     assert set(values) <= {0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}
-    assert len(values) >= 3 and not err_ax.get_yticks(minor=True).size
+    assert len(values) >= 4 and not err_ax.get_yticks(minor=True).size
+    narrow = [{"epoch": e, "train_loss": 2.0, "train_acc": 0.1 + 0.1 * e, "test_loss": 2.0,
+               "test_acc": 0.05 + 0.1 * e} for e in range(1, 4)]      # errors 60% to 85%
+    fig = learning_curves(narrow)
+    drawn(fig)
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels() if t.get_text()]
+    assert labels == ["50%", "60%", "70%", "80%", "90%", "100%"]
 
 
 @pytest.mark.parametrize("best_at", [1, 12])
