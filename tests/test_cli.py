@@ -187,7 +187,8 @@ def test_finetune_frozen_backbone_and_resume(trained, tmp_path, capsys):
     assert ("0 missing, 0 unexpected keys; a new head (fc) for 5 classes replaces the one "
             "for 10") in text
     assert "froze 21 parameters (conv1.weight ... layer3.0.bn2.bias)" in text
-    assert "resnet8 (74,677 parameters, 325 trainable) on digits: 20 train" in text
+    assert re.search(r"resnet8 \(74,677 parameters, 325 trainable, 288 fewer than for RGB "
+                     r"images \(74,965\): .*\) on digits: 20 train", text)
     before = load_checkpoint(pre / "checkpoint.npz")["model_state"]
     after = load_checkpoint(out / "checkpoint.npz")
     assert after["config"]["command"] == "finetune" and after["config"]["num_classes"] == 5
