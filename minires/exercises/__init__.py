@@ -26,18 +26,20 @@ Checkers, by chapter:
 - 04 ``check_batchnorm``
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
+- 06 ``check_param_count`` (a plain CIFAR network's parameters, counted by hand)
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
+from .models import check_param_count
 from .norm import check_batchnorm
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
 
 __all__ = [
     "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_im2col",
-    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_relu",
-    "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
+    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_param_count",
+    "check_relu", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
 ]
