@@ -25,17 +25,22 @@ Checkers, by chapter:
 - 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
+- 10 ``check_replace_head`` (a fresh classifier head), ``check_freeze`` (a frozen
+  backbone, with or without its batch norms), ``check_param_groups`` (a smaller
+  learning rate for the backbone)
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
+from .finetune import check_freeze, check_param_groups, check_replace_head
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
 
 __all__ = [
-    "Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col", "check_linear",
-    "check_maxpool2d", "check_numerical_gradient", "check_relu", "check_sgd_step",
-    "check_softmax", "check_softmax_cross_entropy",
+    "Check", "CheckResult", "check_col2im", "check_conv2d", "check_freeze", "check_im2col",
+    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_param_groups",
+    "check_relu", "check_replace_head", "check_sgd_step", "check_softmax",
+    "check_softmax_cross_entropy",
 ]
