@@ -31,6 +31,9 @@ Checkers, by chapter:
   (a basic block with shortcut option B, backward included)
 - 08 ``check_conv_macs`` (a convolution's multiply-accumulates), ``check_resnet_param_count``
   (an ImageNet ResNet's parameters, counted by hand)
+- 10 ``check_replace_head`` (a fresh classifier head), ``check_freeze`` (a frozen
+  backbone, with or without its batch norms), ``check_param_groups`` (a smaller
+  learning rate for the backbone)
 - 11 ``check_grouped_conv2d`` (a grouped convolution, ResNeXt's, from ungrouped
   ones: forward, and backward if given)
 """
@@ -38,6 +41,7 @@ Checkers, by chapter:
 from .blocks import check_residual_block, check_residual_wrapper
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
+from .finetune import check_freeze, check_param_groups, check_replace_head
 from .gradients import check_numerical_gradient, check_softmax
 from .grouped import check_grouped_conv2d
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
@@ -48,9 +52,10 @@ from .pool import check_maxpool2d
 from .resnet import check_conv_macs, check_resnet_param_count
 
 __all__ = [
-    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_conv_macs",
-    "check_grouped_conv2d", "check_im2col", "check_linear", "check_maxpool2d",
-    "check_numerical_gradient", "check_param_count", "check_relu", "check_residual_block",
-    "check_residual_wrapper", "check_resnet_param_count", "check_sgd_step", "check_softmax",
+    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d",
+    "check_conv_macs", "check_freeze", "check_grouped_conv2d", "check_im2col", "check_linear",
+    "check_maxpool2d", "check_numerical_gradient", "check_param_count", "check_param_groups",
+    "check_relu", "check_replace_head", "check_residual_block", "check_residual_wrapper",
+    "check_resnet_param_count", "check_sgd_step", "check_softmax",
     "check_softmax_cross_entropy",
 ]
