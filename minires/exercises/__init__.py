@@ -25,6 +25,8 @@ Checkers, by chapter:
 - 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
+- 09 ``check_warmup_schedule`` (linear warm-up, then cosine decay, per iteration),
+  ``check_confusion_matrix``
 """
 
 from .conv import check_col2im, check_conv2d, check_im2col
@@ -33,9 +35,11 @@ from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
+from .training import check_confusion_matrix, check_warmup_schedule
 
 __all__ = [
     "Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col", "check_linear",
     "check_maxpool2d", "check_numerical_gradient", "check_relu", "check_sgd_step",
-    "check_softmax", "check_softmax_cross_entropy",
+    "check_softmax", "check_softmax_cross_entropy", "check_confusion_matrix",
+    "check_warmup_schedule",
 ]
