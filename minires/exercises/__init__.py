@@ -23,23 +23,34 @@ Checkers, by chapter:
 - 01 ``check_numerical_gradient``, ``check_softmax``
 - 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
 - 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
+- 04 ``check_batchnorm``
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
+- 06 ``check_param_count`` (a plain CIFAR network's parameters, counted by hand)
+- 07 ``check_residual_wrapper`` (the skip connection as a module), ``check_residual_block``
+  (a basic block with shortcut option B, backward included)
+- 08 ``check_conv_macs`` (a convolution's multiply-accumulates), ``check_resnet_param_count``
+  (an ImageNet ResNet's parameters, counted by hand)
 - 09 ``check_warmup_schedule`` (linear warm-up, then cosine decay, per iteration),
   ``check_confusion_matrix``
 """
 
+from .blocks import check_residual_block, check_residual_wrapper
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
+from .models import check_param_count
+from .norm import check_batchnorm
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
+from .resnet import check_conv_macs, check_resnet_param_count
 from .training import check_confusion_matrix, check_warmup_schedule
 
 __all__ = [
-    "Check", "CheckResult", "check_col2im", "check_conv2d", "check_im2col", "check_linear",
-    "check_maxpool2d", "check_numerical_gradient", "check_relu", "check_sgd_step",
-    "check_softmax", "check_softmax_cross_entropy", "check_confusion_matrix",
-    "check_warmup_schedule",
+    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_confusion_matrix",
+    "check_conv2d", "check_conv_macs", "check_im2col", "check_linear", "check_maxpool2d",
+    "check_numerical_gradient", "check_param_count", "check_relu", "check_residual_block",
+    "check_residual_wrapper", "check_resnet_param_count", "check_sgd_step", "check_softmax",
+    "check_softmax_cross_entropy", "check_warmup_schedule",
 ]
