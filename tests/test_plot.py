@@ -163,7 +163,8 @@ def test_notebooks_extra_brings_ipywidgets_and_the_bars_use_tqdm_auto():
 
     import minires.train
 
-    extra = re.search(r"^notebooks = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    extra = re.search(r"^notebooks = \[(.*)\](?:\s*#.*)?$",  # a comment may follow
+                      (ROOT / "pyproject.toml").read_text(), re.M)
     assert extra and '"ipywidgets>=' in extra[1]
     assert minires.train.tqdm is tqdm.auto.tqdm
 
