@@ -532,6 +532,7 @@ EPILOG_TRAIN = """examples:
   minires train                                  # ResNet-20 on the bundled digits
   minires train --model plain --depth 20 --out runs/plain20
   minires train --model resnet --depth 32 --epochs 20 --seed 1
+  minires train --model resnext29_digits         # a small ResNeXt-29, ~30-45 s
   minires train --dataset cifar10 --epochs 164 --batch-size 128 --schedule multistep \\
                 --milestones 82,123 --weight-decay 1e-4     # the paper's recipe
   minires train --dataset path/to/images --image-size 32 --model resnet8
