@@ -8,11 +8,11 @@ matplotlib is imported on first use, so ``import minires`` stays quick.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_write
 
 
 def learning_curves(history: Sequence[Mapping[str, float]], title: str = "") -> Any:
@@ -82,12 +82,6 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = learning_curves(history, title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     return path

@@ -23,6 +23,9 @@ bit-identical weights to an uninterrupted one: everything random follows
 from the saved states (the ``DataLoader``'s shuffling and augmentation from
 ``(seed, epoch, batch)``, the initializer's generator from its saved state).
 
+A Ctrl-C while an epoch is being saved waits for the save (a fraction of a
+second): the checkpoint then holds every epoch the trainer counted.
+
 If the loss, the test loss or any weight stops being finite, training stops
 with ``TrainingDiverged`` before anything of that epoch is written, so the
 checkpoint on disk is still the last good epoch.
@@ -30,14 +33,15 @@ checkpoint on disk is still the last good epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-import os
-import tempfile
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
+from .atomic import atomic_write
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import ResNet
 from .nn import CrossEntropyLoss, Module, init
@@ -65,6 +70,31 @@ class TrainingDiverged(RuntimeError):
         super().__init__(message)
         self.epoch = epoch
         self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends,
+    then raise ``KeyboardInterrupt``.
+
+    The trainer counts, records and saves each finished epoch inside such a
+    block, so an interrupted run never holds an epoch in memory that its
+    checkpoint lacks (nor a stepped schedule without the epoch). Only in the
+    main thread, and only while Python's own SIGINT handler is installed;
+    otherwise the block runs as it is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _stateful(obj: Any) -> bool:
@@ -170,7 +200,7 @@ class Trainer:
         Raises
         ------
         TrainingDiverged as soon as a batch's loss is NaN or infinite (before
-        its backward pass and update).
+        its backward pass and update); ValueError when the loader gives no batch.
         """
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -206,6 +236,9 @@ class Trainer:
                                 img_s=f"{rate:.0f}", refresh=False)
         finally:
             bar.close()
+        if seen == 0:  # not a silent epoch with loss 0.0
+            raise ValueError(f"Trainer: the training loader gave no batches in epoch "
+                             f"{self.epoch + 1}")
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
@@ -247,13 +280,15 @@ class Trainer:
                     test = self.evaluate()
                     record.update(test_loss=test["loss"], test_acc=test["acc"])
                 self._check_finite(record)
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.epoch += 1
-                previous = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
-                record["wall_s"] = previous + time.perf_counter() - start
-                self.history.append(record)
-                self._write_outputs()
+                # the epoch is counted, recorded and saved together: a Ctrl-C here waits
+                with interrupts_deferred():
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    self.epoch += 1
+                    previous = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
+                    record["wall_s"] = previous + time.perf_counter() - start
+                    self.history.append(record)
+                    self._write_outputs()
                 outer.update(1)
                 outer.set_postfix({k: f"{v:.4f}" for k, v in record.items()
                                    if k in ("train_loss", "test_acc")})
@@ -380,14 +415,8 @@ def write_metrics(history: list[dict[str, float]], folder: str | Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def nonfinite_arrays(model: Module) -> list[str]:

@@ -257,15 +257,64 @@ def test_main_help_and_train_options(capsys):
     (["train", "--classes", "a,b"], "expected comma-separated integers"),
     (["evaluate", "missing.npz"], "no such checkpoint file"),
     (["finetune", "--classes", "1,2"], "--from is required"),
-    (["train", "--threads", "0"], "--threads must be positive"),
+    (["finetune", "--from", "nope.npz"], "--from nope.npz: no such file"),
+    (["finetune", "--from", "nope.pt", "--model", "resnet18"], "--from nope.pt: no such file"),
+    (["finetune", "--from", "."], "--from . is a folder"),
+    (["train", "--dataset", "cifar10"], "add --download to fetch it"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINIRES_DATA", str(tmp_path / "data"))
     code, out, err = run(capsys, *argv, *(["--quiet"] if argv[0] == "train" else []))
     assert code == 1
     assert err.startswith(f"minires {argv[0]}: error: ") and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    (["train", "--epochs", "-3"], "--epochs must be a positive integer, got -3"),
+    (["train", "--stop-after", "-1"], "--stop-after must be a positive integer, got -1"),
+    (["train", "--warmup", "-1"], "--warmup must be a non-negative integer, got -1"),
+    (["train", "--image-size", "0", "--dataset", "."], "--image-size must be a positive "
+                                                        "integer, got 0"),
+    (["train", "--image-size", "16"], "--image-size resizes the images of a folder dataset; "
+                                      "digits is 8x8 pixels"),
+    (["train", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["train", "--per-class", "0"], "--per-class must be a positive integer, got 0"),
+    (["train", "--threads", "0"], "--threads must be a positive integer, got 0"),
+    (["--threads", "-1", "models"], "--threads must be a positive integer, got -1"),
+    (["finetune", "--from", "w.npz", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["train", "--resume", "runs/a/checkpoint.npz", "--epochs", "0"], "--epochs must be"),
+])
+def test_option_values_that_cannot_work_exit_2_before_anything_runs(argv, message, capsys,
+                                                                   tmp_path, monkeypatch):
+    """Checked before any data is read (these used to train, or to exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    quiet = ["--quiet"] if argv[0] in ("train", "finetune") else []
+    code, out, err = run(capsys, *argv, *quiet)
+    assert code == 2 and out == ""
+    command = argv[2] if argv[0] == "--threads" else argv[0]
+    assert err.startswith(f"minires {command}: error: {message}")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_a_bad_MINIRES_THREADS_names_the_variable(value, capsys, monkeypatch):
+    from minires import parallel
+
+    monkeypatch.setenv("MINIRES_THREADS", value)
+    code, _, err = run(capsys, "models")
+    assert code == 2
+    assert err == f"minires models: error: MINIRES_THREADS must be a positive integer, " \
+                  f"got {value!r}\n"
+    monkeypatch.setattr(parallel, "_threads", None)  # as on first use, in a Python session
+    with pytest.raises(ValueError, match=f"MINIRES_THREADS must be a positive integer, "
+                                         f"got {value!r}"):
+        parallel.threads()
 
 
 def test_malformed_command_line_exits_2(capsys):
@@ -364,10 +413,170 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes_the_run(tmp_path, capsy
         m.setattr(loss_module.CrossEntropyLoss, "forward", interrupt_in_epoch_2)
         code, _, err = run(capsys, "train", *TINY, "--epochs", "3", "--out", tmp_path / "k")
     assert code == 130
-    assert f"interrupted after epoch 1; continue with: minires train --resume " \
-           f"{tmp_path / 'k' / 'checkpoint.npz'}" in err
+    assert f"interrupted; the checkpoint holds epoch 1 of 3; continue with: minires train " \
+           f"--resume {tmp_path / 'k' / 'checkpoint.npz'}" in err
     assert run(capsys, "train", "--resume", tmp_path / "k" / "checkpoint.npz")[0] == 0
     assert run(capsys, "train", *TINY, "--epochs", "3", "--out", tmp_path / "u")[0] == 0
     a = load_checkpoint(tmp_path / "k" / "checkpoint.npz")
     b = load_checkpoint(tmp_path / "u" / "checkpoint.npz")
     assert a["epoch"] == b["epoch"] == 3 and bitwise_equal(a["model_state"], b["model_state"])
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupt(self, logits, y):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loss_module.CrossEntropyLoss, "forward", interrupt)
+    code, _, err = run(capsys, "train", *TINY, "--epochs", "3")
+    assert code == 130 and "interrupted before the first epoch was saved" in err
+    assert list(tmp_path.iterdir()) == []  # no empty runs/resnet8-digits left behind
+
+
+def test_ctrl_c_during_a_save_names_the_epoch_the_checkpoint_holds(tmp_path, capsys,
+                                                                    monkeypatch):
+    """The Ctrl-C lands inside the save of epoch 2, before the file is replaced:
+    the message must say epoch 1 (it used to say "after epoch 2")."""
+    from minires import train
+
+    saves = []
+    real = train.save_checkpoint
+
+    def interrupted_save(path, **state):
+        saves.append(state["epoch"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        real(path, **state)
+
+    monkeypatch.setattr(train, "save_checkpoint", interrupted_save)
+    out = tmp_path / "k"
+    code, _, err = run(capsys, "train", *TINY, "--epochs", "3", "--out", out)
+    assert code == 130 and saves == [1, 2]
+    assert load_checkpoint(out / "checkpoint.npz")["epoch"] == 1
+    assert f"interrupted; the checkpoint holds epoch 1 of 3; continue with: minires train " \
+           f"--resume {out / 'checkpoint.npz'}" in err
+
+
+def test_a_ctrl_c_signal_during_a_save_waits_for_the_save(tmp_path, capsys, monkeypatch):
+    """A real SIGINT in the middle of saving epoch 2 is held until the epoch is
+    counted, recorded and saved; then the run stops with epoch 2 on disk."""
+    import signal
+    import threading
+
+    from minires import train
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        pytest.skip("needs Python's own SIGINT handler in the main thread")
+    real = train.save_checkpoint
+
+    def save_with_ctrl_c(path, **state):
+        if state["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered at once, inside the save
+            for _ in range(1000):  # give the handler many chances to run in here
+                sum(range(100))
+        real(path, **state)
+
+    monkeypatch.setattr(train, "save_checkpoint", save_with_ctrl_c)
+    out = tmp_path / "k"
+    code, _, err = run(capsys, "train", *TINY, "--epochs", "3", "--out", out)
+    assert code == 130
+    assert load_checkpoint(out / "checkpoint.npz")["epoch"] == 2
+    assert len(json.loads((out / "metrics.json").read_text())) == 2
+    assert "the checkpoint holds epoch 2 of 3" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+# ---- output folders ------------------------------------------------------------------
+
+def test_a_second_run_never_replaces_the_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = Path("runs/resnet8-digits"), Path("runs/resnet8-digits-2")
+    code, text, _ = run(capsys, "train", *TINY, "--epochs", "1")
+    assert code == 0 and "writing to runs/resnet8-digits/" in text
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    assert set(before) == {"checkpoint.npz", "metrics.csv", "metrics.json", "curves.png"}
+    code, text, err = run(capsys, "train", *TINY, "--epochs", "1", "--seed", "1")
+    assert code == 0 and "writing to runs/resnet8-digits-2/" in text
+    assert "note: runs/resnet8-digits holds an earlier run; this run goes to " \
+           "runs/resnet8-digits-2/" in err
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before  # untouched
+    assert load_checkpoint(second / "checkpoint.npz")["config"]["seed"] == 1
+    # --overwrite without --out replaces the default folder's run
+    code, text, err = run(capsys, "train", *TINY, "--epochs", "1", "--seed", "2", "--overwrite")
+    assert code == 0 and "writing to runs/resnet8-digits/" in text
+    assert "deleted the earlier run's checkpoint.npz, metrics.json, metrics.csv, curves.png" in err
+    assert load_checkpoint(first / "checkpoint.npz")["config"]["seed"] == 2
+    assert sorted(p.name for p in Path("runs").iterdir()) == [first.name, second.name]
+
+
+def test_an_out_that_holds_a_run_is_refused(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "a"
+    assert run(capsys, "train", *TINY, "--epochs", "1", "--out", out)[0] == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    code, text, err = run(capsys, "train", *TINY, "--epochs", "2", "--out", out)
+    assert code == 1 and text == ""
+    assert err == (f"minires train: error: --out {out} already holds a run (checkpoint.npz, "
+                   f"metrics.json, metrics.csv, curves.png); continue it with --resume "
+                   f"{out / 'checkpoint.npz'}, replace it with --overwrite, or choose another "
+                   "--out\n")
+    # a resumed run into another folder that holds a run: refused as well
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "metrics.json").write_text("[]")
+    code, _, err = run(capsys, "train", "--resume", out / "checkpoint.npz", "--out", other)
+    assert code == 1 and f"--out {other} already holds a run (metrics.json)" in err
+    assert (out / "checkpoint.npz").read_bytes() == before
+    monkeypatch.undo()
+    # replaced on request; an empty or unrelated folder is fine as it is
+    code, _, _ = run(capsys, "train", *TINY, "--epochs", "1", "--seed", "3", "--out", out,
+                     "--overwrite")
+    assert code == 0 and load_checkpoint(out / "checkpoint.npz")["config"]["seed"] == 3
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    assert run(capsys, "train", *TINY, "--epochs", "1", "--out", tmp_path / "c")[0] == 0
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """It used to train an epoch, then crash with a traceback."""
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    path = tmp_path / "results.txt"
+    path.write_text("keep me")
+    for out, says in ((path, "is a file"), (path / "run", f"lies under {path}, a file")):
+        for command in (["train"], ["finetune", "--from", path]):
+            code, text, err = run(capsys, *command, *TINY, "--out", out)
+            assert code == 1 and text == ""
+            assert err.startswith(f"minires {command[0]}: error: --out {out} {says}; --out "
+                                  "names the folder")
+            assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert path.read_text() == "keep me"
+
+
+def test_finetune_from_a_text_file_says_what_it_is(tmp_path, capsys):
+    notes = tmp_path / "notes.npz"
+    notes.write_text("these are my notes")
+    code, _, err = run(capsys, "finetune", "--from", notes, "--classes", "1,2", "--quiet",
+                       "--out", tmp_path / "ft")
+    assert code == 1 and "--model is needed" not in err
+    assert f"{notes}: not a minires checkpoint: this is a text file" in err
+    assert "allow_pickle" not in err and len(err.splitlines()) == 1
+    code, _, err = run(capsys, "evaluate", notes)
+    assert code == 1 and "this is a text file" in err and "allow_pickle" not in err
+
+
+def test_an_image_folder_with_a_broken_file_names_it(tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "pics" / name / f"{i}.png")
+    broken = tmp_path / "pics" / "dog" / "9.png"
+    broken.write_bytes(b"\x89PNG not really")
+    code, _, err = run(capsys, "train", *TINY, "--dataset", tmp_path / "pics", "--out",
+                       tmp_path / "run")
+    assert code == 1 and f"{broken} is not a readable image" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

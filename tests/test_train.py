@@ -256,3 +256,11 @@ def test_learning_curves_figure(tmp_path):
     np.testing.assert_allclose(err_ax.lines[1].get_ydata(), [60, 30, 20, 15])
     path = plot_history(history[:1], tmp_path / "sub" / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_epoch_without_batches_is_an_error(digits, tmp_path):
+    t = make_trainer(digits, out_dir=tmp_path)
+    t.train_loader = []
+    with pytest.raises(ValueError, match="no batches in epoch 1"):
+        t.fit(1)
+    assert t.history == [] and not (tmp_path / "checkpoint.npz").exists()

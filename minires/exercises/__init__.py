@@ -1,0 +1,45 @@
+"""Checkers for the chapters' exercises.
+
+Each ``check_*`` function takes the student's functions (or class), runs them
+on fixed float64 inputs next to minires's own implementation, and returns a
+:class:`CheckResult`: ``.passed`` (a bool), and as ``str(result)`` (what a
+notebook shows) the comparison of every output and gradient, with the
+relative error beside the range a correct answer reaches, both shapes on a
+mismatch, and a hint where a typical mistake is recognisable. A checker never
+raises on a wrong answer: a stub that raises ``NotImplementedError`` gives
+"not implemented yet", any other exception is reported with the student's
+line.
+
+Usage in a chapter::
+
+    from minires.exercises import check_relu
+    check_relu(my_relu_forward, my_relu_backward)
+
+``result.assert_ok()`` raises with the same message, for grading scripts.
+The solutions live in ``chapters/solutions/`` of the repository.
+
+Checkers, by chapter:
+
+- 01 ``check_numerical_gradient``, ``check_softmax``
+- 02 ``check_linear``, ``check_relu``, ``check_softmax_cross_entropy``
+- 03 ``check_im2col``, ``check_col2im``, ``check_conv2d``
+- 04 ``check_batchnorm``
+- 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
+  step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
+- 06 ``check_param_count`` (a plain CIFAR network's parameters, counted by hand)
+"""
+
+from .conv import check_col2im, check_conv2d, check_im2col
+from .core import Check, CheckResult
+from .gradients import check_numerical_gradient, check_softmax
+from .layers import check_linear, check_relu, check_softmax_cross_entropy
+from .models import check_param_count
+from .norm import check_batchnorm
+from .optim import check_sgd_step
+from .pool import check_maxpool2d
+
+__all__ = [
+    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_im2col",
+    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_param_count",
+    "check_relu", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
+]
