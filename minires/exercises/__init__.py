@@ -27,8 +27,11 @@ Checkers, by chapter:
 - 05 ``check_maxpool2d`` (max-pool forward and backward), ``check_sgd_step`` (one
   step of SGD with momentum, dampening and weight decay, as ``torch.optim.SGD``)
 - 06 ``check_param_count`` (a plain CIFAR network's parameters, counted by hand)
+- 07 ``check_residual_wrapper`` (the skip connection as a module), ``check_residual_block``
+  (a basic block with shortcut option B, backward included)
 """
 
+from .blocks import check_residual_block, check_residual_wrapper
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
 from .gradients import check_numerical_gradient, check_softmax
@@ -41,5 +44,6 @@ from .pool import check_maxpool2d
 __all__ = [
     "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_im2col",
     "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_param_count",
-    "check_relu", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
+    "check_relu", "check_residual_block", "check_residual_wrapper", "check_sgd_step",
+    "check_softmax", "check_softmax_cross_entropy",
 ]
