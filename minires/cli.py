@@ -158,6 +158,25 @@ def build_model(config: dict[str, Any]) -> Any:
                      num_classes=config["num_classes"])
 
 
+def channels_note(model: Any) -> str:
+    """Why a model's parameter count differs from the papers' when its input
+    does not have 3 channels: only the first convolution sees the input, so it
+    holds ``out_channels * KH * KW`` weights per input channel. Empty for 3."""
+    from .nn import Conv2d
+
+    first = next((m for m in model.modules() if isinstance(m, Conv2d)), None)
+    channels = getattr(model, "in_channels", None)
+    if first is None or channels is None or channels == 3:
+        return ""
+    per_channel = first.weight.numel() // first.in_channels
+    diff = abs(3 - channels) * per_channel
+    rgb = model.num_parameters() + (3 - channels) * per_channel
+    word = "channel" if channels == 1 else "channels"
+    return (f", {diff:,} {'fewer' if channels < 3 else 'more'} than for RGB images "
+            f"({rgb:,}): the images have {channels} {word}, and the first convolution "
+            f"{per_channel:,} weights per channel")
+
+
 # ---- data ----------------------------------------------------------------------------
 
 def _parse_ints(text: Any, what: str = "list") -> list[int] | None:
@@ -519,7 +538,8 @@ def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any
         print(f"resumed from {path} after epoch {trainer.epoch}")
     trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if p.requires_grad)
     count = f"{model.num_parameters():,} parameters" + (
-        f", {trainable:,} trainable" if trainable < model.num_parameters() else "")
+        f", {trainable:,} trainable" if trainable < model.num_parameters() else "") + (
+        channels_note(model))
     source = f" (from {ds['folder']})" if ds.get("folder") is not None else ""
     print(f"{config['model']} ({count}) on {config['dataset']}{source}: "
           f"{len(ds['train'][1])} train / {len(ds['test'][1])} test images, "
@@ -704,14 +724,25 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``minires models``: the names ``--model`` accepts."""
+    """``minires models``: the names ``--model`` accepts; ``--count`` adds the
+    parameters, for the input and classes they are counted with."""
     from .models import available_models, get_model
 
+    if args.count:
+        print(f"{'model':<18} {'parameters':>12}  input (C, H, W), classes")
     for name in available_models():
         if args.count:
-            print(f"{name:<18} {get_model(name).num_parameters():>12,}")
+            model = get_model(name)
+            size = 224 if model.fc.out_features == 1000 else 32   # ImageNet or CIFAR
+            print(f"{name:<18} {model.num_parameters():>12,}  "
+                  f"({model.in_channels}, {size}, {size}), {model.fc.out_features}")
         else:
             print(name)
+    if args.count:
+        print("Counted as the papers do, for RGB input and 10 classes (CIFAR) or 1000\n"
+              "(ImageNet). The image size does not change a count; the input's channels\n"
+              "(the first convolution) and the classes (fc) do: on the 1-channel digits,\n"
+              "resnet20 has 269,434. `model.summary(input_shape)` adds shapes and FLOPs.")
     return 0
 
 
@@ -847,6 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minires", epilog=EPILOG_MAIN, formatter_class=raw,
         description="Residual networks built by hand: train, evaluate, fine-tune and "
                     "gradient-check them.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"minires {__version__}")
     _add_backend(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -88,7 +88,9 @@ def test_train_through_a_subprocess(tmp_path):
          "--epochs", "1", "--out", "run"], cwd=tmp_path, env=env, capture_output=True,
         text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "resnet8 (75,002 parameters) on digits: 50 train / 359 test images" in proc.stdout
+    assert re.search(r"resnet8 \(75,002 parameters, 288 fewer than for RGB images \(75,290\): "
+                     r"the images have 1 channel.*\) on digits: 50 train / 359 test images",
+                     proc.stdout)
     assert re.search(r"epoch 1 \| lr 0.1 \| train loss [\d.]+ .*img/s", proc.stdout)
     assert "test accuracy" in proc.stdout
     for name in ("checkpoint.npz", "metrics.csv", "metrics.json", "curves.png"):
@@ -185,7 +187,8 @@ def test_finetune_frozen_backbone_and_resume(trained, tmp_path, capsys):
     assert ("0 missing, 0 unexpected keys; a new head (fc) for 5 classes replaces the one "
             "for 10") in text
     assert "froze 21 parameters (conv1.weight ... layer3.0.bn2.bias)" in text
-    assert "resnet8 (74,677 parameters, 325 trainable) on digits: 20 train" in text
+    assert re.search(r"resnet8 \(74,677 parameters, 325 trainable, 288 fewer than for RGB "
+                     r"images \(74,965\): .*\) on digits: 20 train", text)
     before = load_checkpoint(pre / "checkpoint.npz")["model_state"]
     after = load_checkpoint(out / "checkpoint.npz")
     assert after["config"]["command"] == "finetune" and after["config"]["num_classes"] == 5
@@ -342,6 +345,44 @@ def test_models_lists_names(capsys):
     code, text, _ = run(capsys, "models")
     assert code == 0 and {"resnet20", "plain20", "preact_resnet110", "resnet18"} <= set(
         text.split())
+
+
+@pytest.mark.slow
+def test_models_count_says_which_input_it_assumes(capsys):
+    # issue 14, item 19
+    code, text, _ = run(capsys, "models", "--count")
+    lines = text.splitlines()
+    assert code == 0 and lines[0].split() == ["model", "parameters", "input", "(C,", "H,", "W),",
+                                              "classes"]
+    assert re.search(r"^resnet20 +269,722  \(3, 32, 32\), 10$", text, re.M)
+    assert re.search(r"^resnet50 +25,557,032  \(3, 224, 224\), 1000$", text, re.M)
+    assert "RGB input" in text and "1-channel digits" in text
+
+
+def test_version_and_python_dash_m(tmp_path):
+    # issue 14, item 21
+    from minires import __version__
+
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    for argv in (["--version"], ["models"]):
+        proc = subprocess.run([sys.executable, "-m", "minires", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        if argv == ["--version"]:
+            assert proc.stdout.strip() == f"minires {__version__}"
+        else:
+            assert "resnet20" in proc.stdout.split()
+    assert cli.build_parser().parse_known_args(["models"])[0].command == "models"
+
+
+def test_train_header_explains_a_one_channel_count():
+    from minires.models import get_model
+
+    assert cli.channels_note(get_model("resnet20")) == ""
+    note = cli.channels_note(get_model("resnet20", in_channels=1))
+    assert note == (", 288 fewer than for RGB images (269,722): the images have 1 channel, "
+                    "and the first convolution 144 weights per channel")
+    assert "432 more than for RGB images" in cli.channels_note(get_model("resnet20", in_channels=6))
 
 
 def test_select_classes_relabels_in_the_given_order():

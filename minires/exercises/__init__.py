@@ -29,6 +29,8 @@ Checkers, by chapter:
 - 06 ``check_param_count`` (a plain CIFAR network's parameters, counted by hand)
 - 07 ``check_residual_wrapper`` (the skip connection as a module), ``check_residual_block``
   (a basic block with shortcut option B, backward included)
+- 08 ``check_conv_macs`` (a convolution's multiply-accumulates), ``check_resnet_param_count``
+  (an ImageNet ResNet's parameters, counted by hand)
 """
 
 from .blocks import check_residual_block, check_residual_wrapper
@@ -40,10 +42,11 @@ from .models import check_param_count
 from .norm import check_batchnorm
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
+from .resnet import check_conv_macs, check_resnet_param_count
 
 __all__ = [
-    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_im2col",
-    "check_linear", "check_maxpool2d", "check_numerical_gradient", "check_param_count",
-    "check_relu", "check_residual_block", "check_residual_wrapper", "check_sgd_step",
-    "check_softmax", "check_softmax_cross_entropy",
+    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_conv_macs",
+    "check_im2col", "check_linear", "check_maxpool2d", "check_numerical_gradient",
+    "check_param_count", "check_relu", "check_residual_block", "check_residual_wrapper",
+    "check_resnet_param_count", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
 ]

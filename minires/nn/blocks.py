@@ -106,8 +106,13 @@ class ShortcutA(Module):
         the kept channels' gradient goes back to the pixels they were sampled
         from (a scatter into a zero image by strided-slice assignment); the
         skipped pixels did not reach the output and get zero."""
-        (x_shape,) = self._take_cache()
+        (x_shape,) = self._take_cache(dout)   # checks dout's shape when called as a module
         sh, sw = self.stride
+        n, _, h, w = x_shape
+        expected = (n, self.out_planes, -(-h // sh), -(-w // sw))
+        if tuple(getattr(dout, "shape", ())) != expected:
+            raise ValueError(f"{self.describe()}: expected dout of the output's shape "
+                             f"{expected}, got {tuple(getattr(dout, 'shape', ()))}")
         xp = backend.namespace(dout)
         dx = channel_major_zeros(xp, x_shape, dout.dtype)
         dx[:, :, ::sh, ::sw] = dout[:, :self.in_planes, :, :]
@@ -197,7 +202,7 @@ class BasicBlock(_Block):
         return self.relu2(out)
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         dsum = self.relu2.backward(dout)            # through the ReLU after the sum
         if self.shortcut is None:
             dresidual = dsum
@@ -302,7 +307,7 @@ class Bottleneck(_Block):
         return self.relu3(out)
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         dsum = self.relu3.backward(dout)            # through the ReLU after the sum
         if self.shortcut is None:
             dresidual = dsum
@@ -380,7 +385,7 @@ class PreActBlock(_Block):
         return out
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         # The sum hands dout unchanged to the residual branch and the shortcut.
         dresidual, dshortcut = add_backward(dout, add_cache)
         # Residual branch F in reverse, down to the pre-activated input.
@@ -445,7 +450,7 @@ class PreActBottleneck(_Block):
         return out
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         # The sum hands dout unchanged to the residual branch and the shortcut.
         dresidual, dshortcut = add_backward(dout, add_cache)
         d = self.conv3.backward(dresidual)

@@ -127,7 +127,7 @@ class Conv2d(Module):
         accumulate. ``input_grad=False`` skips dx and returns None: for the
         first layer of a network, whose input is the data."""
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(), need_param_grads=need,
+        dx, dw, db = conv.conv2d_backward(dout, self._take_cache(dout), need_param_grads=need,
                                           need_input_grad=input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
@@ -162,7 +162,7 @@ class Linear(Module):
 
     def backward(self, dout: Array) -> Array:
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = linear.linear_backward(dout, self._take_cache(), need_param_grads=need)
+        dx, dw, db = linear.linear_backward(dout, self._take_cache(dout), need_param_grads=need)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -219,7 +219,7 @@ class _BatchNorm(Module):
 
     def backward(self, dout: Array) -> Array:
         need = self.weight.requires_grad or self.bias.requires_grad
-        grads = norm.batchnorm_backward(dout, self._take_cache(), need_param_grads=need)
+        grads = norm.batchnorm_backward(dout, self._take_cache(dout), need_param_grads=need)
         dx, dgamma, dbeta = grads[:3]
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
@@ -247,7 +247,7 @@ class ReLU(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
-        return activation.relu_backward(dout, self._take_cache())
+        return activation.relu_backward(dout, self._take_cache(dout))
 
 
 class _Pool2d(Module):
@@ -271,7 +271,7 @@ class _Pool2d(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
-        return getattr(pool, f"{self._op}_backward")(dout, self._take_cache())
+        return getattr(pool, f"{self._op}_backward")(dout, self._take_cache(dout))
 
 
 class MaxPool2d(_Pool2d):
@@ -294,11 +294,14 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x: Array) -> Array:
         check_input(self, x, "(N, C, H, W)", 4)
+        if x.shape[2] * x.shape[3] == 0:
+            raise ValueError(f"{self.describe()}: expected feature maps of at least 1x1, got "
+                             f"input {tuple(x.shape)}")
         out, self._cache = pool.global_avgpool2d_forward(x)
         return out
 
     def backward(self, dout: Array) -> Array:
-        return pool.global_avgpool2d_backward(dout, self._take_cache())
+        return pool.global_avgpool2d_backward(dout, self._take_cache(dout))
 
 
 class Flatten(Module):
@@ -312,4 +315,4 @@ class Flatten(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
-        return linear.flatten_backward(dout, self._take_cache())
+        return linear.flatten_backward(dout, self._take_cache(dout))
