@@ -305,7 +305,7 @@ def resnext_cifar(depth: int = 29, cardinality: int = 8, base_width: int = 64,
     return model
 
 
-def resnext29_digits(num_classes: int = 10, in_channels: int = 1,
+def resnext29_digits(num_classes: int = 10, in_channels: int = 3,
                      dtype: Any = "float32") -> ResNet:
     """A small ResNeXt-29 that trains on the bundled 8x8 digits in well
     under a minute on two CPU cores (``minires train --model resnext29_digits``).

@@ -437,7 +437,7 @@ def test_resnext_names():
     assert models.get_model("resnext101_8x4d_cifar").arch == "resnext101_8x4d"
     assert len(models.get_model("resnext101_8x4d_cifar").blocks()) == 33
     digits = models.get_model("resnext29_digits")
-    assert digits.arch == "resnext29_digits" and digits.conv1.in_channels == 1
+    assert digits.arch == "resnext29_digits" and digits.conv1.in_channels == 3
     assert [b.width for _, b in digits.blocks()][::3] == [16, 32, 64]
     assert all(not host(b.bn3.weight.data).any() for _, b in digits.blocks())
     with pytest.raises(ValueError, match=r"resnext_cifar: depth must have the form 9n\+2"):
