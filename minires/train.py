@@ -108,6 +108,34 @@ def count_correct(logits: Any, y: Any) -> int:
     return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64)))
 
 
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Parameters
+    ----------
+    y_true, y_pred : (N,) integer arrays (any backend) with values in
+        ``[0, num_classes)``.
+    num_classes : K; classes that occur nowhere still get a row and a column.
+
+    Returns
+    -------
+    (K, K) int64 NumPy array ``C`` with ``C[i, j]`` = the number of samples of
+    true class ``i`` predicted as ``j`` (rows: truth, columns: prediction, as
+    in scikit-learn). ``C.sum()`` is N and ``trace(C)`` the number correct.
+    """
+    t = np.asarray(backend.to_numpy(y_true)).astype(np.int64).ravel()
+    p = np.asarray(backend.to_numpy(y_pred)).astype(np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"confusion_matrix: y_true has {t.size} labels, y_pred {p.size}")
+    for name, v in (("y_true", t), ("y_pred", p)):
+        if v.size and (v.min() < 0 or v.max() >= num_classes):
+            raise ValueError(f"confusion_matrix: {name} holds labels outside "
+                             f"[0, {num_classes - 1}]")
+    # one bin per (i, j) pair: bincount adds repeated pairs (C[t, p] += 1 would not)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
 def evaluate(model: Module, loader: Iterable, criterion: Module | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``loader``, in eval mode.
 

@@ -31,11 +31,17 @@ Checkers, by chapter:
   (a basic block with shortcut option B, backward included)
 - 08 ``check_conv_macs`` (a convolution's multiply-accumulates), ``check_resnet_param_count``
   (an ImageNet ResNet's parameters, counted by hand)
+- 09 ``check_warmup_schedule`` (linear warm-up, then cosine decay, per iteration),
+  ``check_confusion_matrix``
+- 10 ``check_replace_head`` (a fresh classifier head), ``check_freeze`` (a frozen
+  backbone, with or without its batch norms), ``check_param_groups`` (a smaller
+  learning rate for the backbone)
 """
 
 from .blocks import check_residual_block, check_residual_wrapper
 from .conv import check_col2im, check_conv2d, check_im2col
 from .core import Check, CheckResult
+from .finetune import check_freeze, check_param_groups, check_replace_head
 from .gradients import check_numerical_gradient, check_softmax
 from .layers import check_linear, check_relu, check_softmax_cross_entropy
 from .models import check_param_count
@@ -43,10 +49,13 @@ from .norm import check_batchnorm
 from .optim import check_sgd_step
 from .pool import check_maxpool2d
 from .resnet import check_conv_macs, check_resnet_param_count
+from .training import check_confusion_matrix, check_warmup_schedule
 
 __all__ = [
-    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_conv2d", "check_conv_macs",
-    "check_im2col", "check_linear", "check_maxpool2d", "check_numerical_gradient",
-    "check_param_count", "check_relu", "check_residual_block", "check_residual_wrapper",
-    "check_resnet_param_count", "check_sgd_step", "check_softmax", "check_softmax_cross_entropy",
+    "Check", "CheckResult", "check_batchnorm", "check_col2im", "check_confusion_matrix",
+    "check_conv2d", "check_conv_macs", "check_freeze", "check_im2col", "check_linear",
+    "check_maxpool2d", "check_numerical_gradient", "check_param_count", "check_param_groups",
+    "check_relu", "check_replace_head", "check_residual_block", "check_residual_wrapper",
+    "check_resnet_param_count", "check_sgd_step", "check_softmax",
+    "check_softmax_cross_entropy", "check_warmup_schedule",
 ]
