@@ -233,7 +233,7 @@ DATA_FOLDER_RULE = "$MINIRES_DATA, else ~/.cache/minires"
 
 def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int] | None = None,
                  per_class: int | None = None, seed: int = 0, download: bool = False,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, channels: int | None = None) -> dict[str, Any]:
     """Train and test arrays, class names, and the augmentation that suits the data.
 
     Parameters
@@ -247,6 +247,9 @@ def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int
     per_class : at most this many training images per class (seeded by ``seed``).
     download : fetch CIFAR-10 into the data folder when it is not there.
     progress : show a progress bar while downloading.
+    channels : read a folder's images as grayscale when 1, else as RGB (3
+        channels; the default), so that they fit a model's first
+        convolution; the bundled datasets keep their own channels.
 
     Returns
     -------
@@ -276,7 +279,8 @@ def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int
         crop_pad, flip = 4, True
     elif Path(name).is_dir():
         folder = Path(name)
-        images, labels, names = data.load_image_folder(name, size=image_size or 32)
+        images, labels, names = data.load_image_folder(name, size=image_size or 32,
+                                                       mode="L" if channels == 1 else "RGB")
         train_idx, test_idx = data.stratified_split(labels, test_fraction=0.2, seed=0)
         xtr, ytr, xte, yte = images[train_idx], labels[train_idx], images[test_idx], labels[
             test_idx]
@@ -506,6 +510,11 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
                 break
 
 
+def _is_image_folder(config: dict[str, Any], ds: dict[str, Any]) -> bool:
+    """Whether the run's dataset is a folder of images (not digits or cifar10)."""
+    return ds.get("folder") is not None and Path(config["dataset"]) == ds["folder"]
+
+
 def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
               config: dict[str, Any], resume: tuple[str, int, int] | None) -> int:
     import numpy as np
@@ -540,7 +549,8 @@ def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any
     count = f"{model.num_parameters():,} parameters" + (
         f", {trainable:,} trainable" if trainable < model.num_parameters() else "") + (
         channels_note(model))
-    source = f" (from {ds['folder']})" if ds.get("folder") is not None else ""
+    folder = ds.get("folder")  # where cifar10 lies; a folder dataset's name is its path
+    source = f" (from {folder})" if folder and not _is_image_folder(config, ds) else ""
     print(f"{config['model']} ({count}) on {config['dataset']}{source}: "
           f"{len(ds['train'][1])} train / {len(ds['test'][1])} test images, "
           f"{len(ds['classes'])} classes, backend {backend.name()}; writing to {out}/")
@@ -575,13 +585,17 @@ def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any
     return 0
 
 
-def _prepare(args: argparse.Namespace, command: str) -> tuple[dict, dict, Any]:
+def _prepare(args: argparse.Namespace, command: str,
+             channels: int | None = None) -> tuple[dict, dict, Any]:
     """Settings (from the command line or the resumed checkpoint), the dataset
-    and the resume information (None for a fresh run)."""
+    and the resume information (None for a fresh run). A folder of images is
+    read with ``channels`` (1: grayscale, else RGB); a resumed run reads it
+    with the channels its model takes."""
     from .nn import init
 
     if args.resume:
         settings, resume = _resumed_settings(args, command)
+        channels = settings.get("in_channels")
         if args.out is None:
             args.out = str(Path(args.resume).parent)
     else:
@@ -589,7 +603,7 @@ def _prepare(args: argparse.Namespace, command: str) -> tuple[dict, dict, Any]:
     init.manual_seed(settings["seed"])
     ds = load_dataset(settings["dataset"], settings["image_size"], settings["classes"],
                       settings["per_class"], settings["seed"], download=args.download,
-                      progress=not args.quiet and sys.stderr.isatty())
+                      progress=not args.quiet and sys.stderr.isatty(), channels=channels)
     config = {**settings, **_data_config(ds)}
     if resume is not None:  # the data's statistics as saved, so the inputs match exactly
         config.update({k: settings[k] for k in ("mean", "std") if k in settings})
@@ -610,7 +624,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     """``minires finetune``: load pretrained weights, new head, freeze, train."""
     from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_file
-    from .finetune import finetune_param_groups, freeze, load_pretrained, replace_head
+    from .finetune import (
+        finetune_param_groups,
+        freeze,
+        input_channels,
+        load_pretrained,
+        read_weights,
+        replace_head,
+    )
 
     if not args.resume and not args.source:
         raise CommandError("--from is required (a checkpoint.npz, a weights .npz or a "
@@ -628,24 +649,38 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise CommandError(f"--from {source} is a folder; expected a checkpoint.npz, a "
                                "weights .npz or a PyTorch .pt/.pth file")
     _check_out(args)
-    config, ds, resume = _prepare(args, "finetune")
-    if resume is None:
-        pre_config: dict[str, Any] = {}
+    pre_config: dict[str, Any] = {}
+    weights: dict[str, Any] = {}
+    if not args.resume:  # the weights first: a folder of images is read to fit them
         if str(args.source).endswith(".npz"):
             try:
                 pre_config = load_checkpoint(args.source)["config"] or {}
             except CheckpointError:
                 load_state_dict_file(args.source)  # a weights-only file, or its own error
                 pre_config = {}  # weights only: the model must be named
-        config["model"] = args.model or pre_config.get("model")
-        if not config["model"]:
+        if not (args.model or pre_config.get("model")):
             raise CommandError("--model is needed when --from holds bare weights")
+        weights = read_weights(args.source)
+    channels = input_channels(weights)
+    config, ds, resume = _prepare(args, "finetune", channels)
+    if resume is None:
+        if _is_image_folder(config, ds):
+            how = "grayscale (1 channel)" if config["in_channels"] == 1 else "RGB (3 channels)"
+            if channels == config["in_channels"]:
+                why = f", as the first convolution of {args.source} expects"
+            elif channels:
+                why = (f"; the first convolution of {args.source} takes {channels} channels, "
+                       "so it starts from random weights")
+            else:
+                why = ""
+            print(f"read the images of {config['dataset']} as {how}{why}")
+        config["model"] = args.model or pre_config["model"]
         if pre_config.get("mean") and len(pre_config["mean"]) == config["in_channels"]:
             # keep the pretraining normalization: the backbone's features expect it
             config["mean"], config["std"] = pre_config["mean"], pre_config["std"]
         old_classes = pre_config.get("num_classes")
         model = build_model({**config, "num_classes": old_classes or config["num_classes"]})
-        missing, unexpected = load_pretrained(model, args.source)
+        missing, unexpected = load_pretrained(model, weights)
         replace_head(model, config["num_classes"])
         shown = f" ({', '.join(missing)})" if 0 < len(missing) <= 4 else ""
         replaced = f" replaces the one for {old_classes}" if old_classes else ""
@@ -686,7 +721,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = load_dataset(dataset, config.get("image_size"), config.get("classes"),
                       config.get("per_class") if args.split == "train" else None,
                       config.get("seed", 0), download=args.download,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), channels=config.get("in_channels"))
     model = build_model(config)
     model.load_state_dict(ckpt["model_state"])
     x, y = ds[args.split]
@@ -912,7 +947,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weights file, or a torchvision-layout PyTorch state "
                                    "dict), put a new classifier head for the new classes, "
                                    "optionally freeze layers, and train: the head at --lr, "
-                                   "the pretrained layers at --backbone-lr.")
+                                   "the pretrained layers at --backbone-lr. A folder of "
+                                   "images is read in grayscale or in RGB, as the pretrained "
+                                   "first convolution takes them.")
     p.add_argument("--from", dest="source", default=None, metavar="WEIGHTS",
                    help="checkpoint.npz, a minires weights .npz, or a PyTorch .pt/.pth "
                         "state dict (torchvision names)")

@@ -621,3 +621,66 @@ def test_an_image_folder_with_a_broken_file_names_it(tmp_path, capsys):
                        tmp_path / "run")
     assert code == 1 and f"{broken} is not a readable image" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def digit_pngs(root, classes=(5, 6, 7), per_class=5):
+    """A folder of 8x8 digit PNGs, root/<class>/*.png, saved half grayscale, half RGB."""
+    from PIL import Image
+
+    from minires.data import load_digits
+
+    x, y = load_digits("test")
+    for c in classes:
+        (root / str(c)).mkdir(parents=True)
+        for i, idx in enumerate(np.flatnonzero(y == c)[:per_class]):
+            image = Image.fromarray(np.round(255 * x[idx, 0]).astype(np.uint8), mode="L")
+            (image.convert("RGB") if i % 2 else image).save(root / str(c) / f"{i}.png")
+    return root
+
+
+def test_finetune_reads_an_image_folder_with_the_checkpoints_channels(trained, tmp_path, capsys):
+    """A checkpoint trained on the 1-channel digits, fine-tuned on a folder of
+    PNGs: the images are read in grayscale, so conv1 loads instead of starting
+    from random weights; resume and evaluate read the folder the same way."""
+    _, pre = trained
+    pics, out = digit_pngs(tmp_path / "pics"), tmp_path / "ft"
+    code, text, _ = run(capsys, "finetune", "--from", pre / "checkpoint.npz", "--dataset", pics,
+                        "--image-size", "8", "--batch-size", "8", "--epochs", "2",
+                        "--stop-after", "1", "--quiet", "--out", out)
+    assert code == 0
+    assert (f"read the images of {pics} as grayscale (1 channel), as the first convolution of "
+            f"{pre / 'checkpoint.npz'} expects\n") in text
+    assert "loaded" in text and ": 0 missing, 0 unexpected keys" in text
+    assert f") on {pics}: 12 train / 3 test images" in text and "(from " not in text
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    assert ckpt["config"]["in_channels"] == 1
+    assert ckpt["model_state"]["conv1.weight"].shape == (16, 1, 3, 3)
+    code, text, _ = run(capsys, "finetune", "--resume", out / "checkpoint.npz")
+    assert code == 0 and "after epoch 1" in text
+    code, text, _ = run(capsys, "evaluate", out / "checkpoint.npz")
+    assert code == 0 and f"on {pics} test (3 images)" in text
+
+
+def test_finetune_reads_an_image_folder_in_rgb_for_an_rgb_network(tmp_path, capsys):
+    from minires.checkpoint import save_state_dict
+    from minires.models import get_model
+
+    save_state_dict(tmp_path / "w.npz", get_model("resnet8", in_channels=3).state_dict())
+    pics = digit_pngs(tmp_path / "pics", per_class=3)
+    code, text, _ = run(capsys, "finetune", "--from", tmp_path / "w.npz", "--model", "resnet8",
+                        "--dataset", pics, "--image-size", "8", "--epochs", "1", "--quiet",
+                        "--out", tmp_path / "ft")
+    assert code == 0
+    assert (f"read the images of {pics} as RGB (3 channels), as the first convolution of "
+            f"{tmp_path / 'w.npz'} expects\n") in text
+    assert "2 missing (fc.weight, fc.bias), 0 unexpected keys" in text
+
+
+def test_train_header_names_an_image_folder_once(tmp_path, capsys):
+    pics = digit_pngs(tmp_path / "pics", per_class=3)
+    code, text, _ = run(capsys, "train", *TINY, "--dataset", pics, "--image-size", "8",
+                        "--epochs", "1", "--out", tmp_path / "run")
+    assert code == 0
+    header = next(line for line in text.splitlines() if line.startswith("resnet8 ("))
+    assert header.count(str(pics)) == 1 and "(from " not in header
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")["config"]["in_channels"] == 3

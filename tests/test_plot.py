@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -68,6 +69,28 @@ def test_error_axis_has_readable_percent_ticks():
     drawn(fig)
     labels = [t.get_text() for t in fig.axes[1].get_yticklabels() if t.get_text()]
     assert labels == ["50%", "60%", "70%", "80%", "90%", "100%"]
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 0), (0.28, 0.28), (0.3, 0.6), (1, 1.2), (2.5, 4),
+                                    (9.9, 10.1), (10, 10), (11, 14), (12, 18), (45, 55),
+                                    (96, 99), (100, 100)])
+def test_a_narrow_range_of_errors_still_gets_two_tick_labels(lo, hi):
+    """Errors that stay within a narrow band, on either side of a decade or on
+    one: at least two distinct percent labels inside the axis, none overlapping
+    (matplotlib's own symlog ticks showed none, or a single "10")."""
+    runs = [{"epoch": e, "train_loss": 1.0, "train_acc": 1 - err / 100, "test_loss": 1.0,
+             "test_acc": 1 - err / 100} for e, err in enumerate((lo, hi), start=1)]
+    fig = learning_curves(runs)
+    renderer = drawn(fig)
+    ax = fig.axes[1]
+    bottom, top = ax.get_ylim()
+    shown = [(v, t) for v, t in zip(ax.get_yticks(), ax.get_yticklabels(), strict=True)
+             if bottom <= v <= top and t.get_text()]
+    labels = [t.get_text() for _, t in shown]
+    assert len(set(labels)) >= 2 and all(label.endswith("%") for label in labels), labels
+    assert min(v for v, _ in shown) <= lo and max(v for v, _ in shown) >= hi  # the data inside
+    boxes = [t.get_window_extent(renderer) for _, t in shown]
+    assert all(a.y1 <= b.y0 + 1 for a, b in itertools.pairwise(boxes)), labels  # readable
 
 
 @pytest.mark.parametrize("best_at", [1, 12])
@@ -140,7 +163,8 @@ def test_notebooks_extra_brings_ipywidgets_and_the_bars_use_tqdm_auto():
 
     import minires.train
 
-    extra = re.search(r"^notebooks = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    extra = re.search(r"^notebooks = \[(.*)\](?:\s*#.*)?$",  # a comment may follow
+                      (ROOT / "pyproject.toml").read_text(), re.M)
     assert extra and '"ipywidgets>=' in extra[1]
     assert minires.train.tqdm is tqdm.auto.tqdm
 
