@@ -532,3 +532,60 @@ def test_input_and_parameters_in_different_array_libraries_name_the_layer(rng):
             layer(x)
     with pytest.raises(ValueError, match=r"Linear.*numpy\.ndarray"):
         nn.Linear(5, 2)(strict(np.ones((2, 5), np.float32)))
+
+
+# ---- grouped convolution layers ----------------------------------------------
+
+GROUPED = {
+    "grouped": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, dtype="float64"),
+                (2, 4, 6, 5)),
+    "depthwise": (lambda: nn.Conv2d(3, 3, 3, padding=1, bias=False, groups=3, dtype="float64"),
+                  (2, 3, 5, 5)),
+    "depthwise_x2": (lambda: nn.Conv2d(2, 4, (3, 2), groups=2, dtype="float64"), (1, 2, 5, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUPED))
+def test_grouped_conv2d_layer_gradcheck_and_torch(name, rng):
+    make, shape = GROUPED[name]
+    layer = make()
+    x = rng.standard_normal(shape)
+    check_module(layer, x, seed=1).assert_ok(1e-6)
+    torch = torch_or_skip()
+    t = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                        layer.stride, layer.padding, groups=layer.groups,
+                        bias=layer.bias is not None).double()
+    assert [(k, tuple(v.shape)) for k, v in t.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in layer.state_dict().items()]
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in layer.state_dict().items()})
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = t(xt)
+    dout = rng.standard_normal(tuple(out_t.shape))
+    out_t.backward(torch.tensor(dout))
+    layer.zero_grad()
+    out = layer(x)
+    assert rel(out, out_t.detach()) < 1e-12
+    assert rel(layer.backward(dout), xt.grad) < 1e-12
+    tparams = dict(t.named_parameters())
+    for k, p in layer.named_parameters():
+        assert rel(p.grad, tparams[k].grad) < 1e-12, k
+
+
+def test_grouped_conv2d_layer_shapes_repr_and_errors():
+    conv = nn.Conv2d(128, 256, 3, stride=2, padding=1, bias=False, groups=32)
+    assert tuple(conv.weight.shape) == (256, 4, 3, 3)
+    assert conv.num_parameters() == 256 * 4 * 9
+    assert conv.extra_repr() == "128->256, 3x3, stride=2, padding=1, groups=32"
+    assert "groups" not in nn.Conv2d(3, 4, 3).extra_repr()
+    # He init: the fan-in of a grouped conv is C_in / groups * KH * KW (as in PyTorch)
+    nn.init.manual_seed(0)
+    std = float(np.std(host(nn.Conv2d(256, 256, 3, groups=32).weight.data)))
+    assert abs(std - np.sqrt(2 / (8 * 9))) < 0.01
+    with pytest.raises(ValueError, match=r"Conv2d\(6->4\): expected C_in = 6 and C_out = 4 "
+                                         r"both divisible by groups = 4"):
+        nn.Conv2d(6, 4, 3, groups=4)
+    with pytest.raises(ValueError, match=r"Conv2d\(4->4\): expected groups >= 1, got 0"):
+        nn.Conv2d(4, 4, 3, groups=0)
+    with pytest.raises(ValueError, match=r"Conv2d\(4->8\): expected input \(N, 4, H, W\), "
+                                         r"got \(2, 2, 5, 5\)"):
+        nn.Conv2d(4, 8, 3, groups=2)(np.zeros((2, 2, 5, 5), np.float32))

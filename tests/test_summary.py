@@ -11,7 +11,13 @@ from minires import nn
 from minires.models import available_models, get_model
 from minires.summary import ModelSummary
 
-IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+            "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+# GMACs at 224x224 as torchvision's model table lists them (its "GFLOPS"); a
+# grouped conv does C_in / groups * KH * KW MACs per output value
+TORCHVISION_GMACS = {"resnet50": 4.09, "resnext50_32x4d": 4.23, "resnext101_32x8d": 16.41,
+                     "resnext101_64x4d": 15.46, "wide_resnet50_2": 11.40,
+                     "wide_resnet101_2": 22.75}
 
 
 def test_resnet20_summary_matches_the_paper_and_counts_flops():
@@ -86,8 +92,17 @@ def test_summary_works_for_every_model(name):
     assert s.total_params == model.num_parameters()
     assert s.output_shape == (1, 1000 if name in IMAGENET else 10)
     assert s.total_macs > 0 and s.total_flops > 2 * s.total_macs
-    if name == "resnet50":
-        assert round(s.total_macs / 1e9, 2) == 4.09                # the usual 4.1 GMACs
+    if name in TORCHVISION_GMACS:                                 # resnet50: the usual 4.1
+        assert round(s.total_macs / 1e9, 2) == TORCHVISION_GMACS[name]
+
+
+def test_grouped_conv_macs_and_resnext_summary():
+    s = nn.Conv2d(128, 256, 3, padding=1, bias=False, groups=32).summary((2, 128, 7, 7))
+    assert s.total_macs == 2 * 256 * 7 * 7 * (128 // 32) * 9
+    r = get_model("resnext29_digits", in_channels=1).summary((1, 1, 8, 8))
+    assert r.total_params == 203_962 and r.output_shape == (1, 10)
+    assert r["layer1.0.conv2"].macs == 16 * 8 * 8 * (16 // 4) * 9     # 4 groups of 4
+    assert "groups=4" in str(r)
 
 
 def test_conv_and_linear_flops_match_torch_flop_counter():

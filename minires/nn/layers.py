@@ -75,18 +75,25 @@ class Conv2d(Module):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col.
 
     Input (N, C_in, H, W) -> output (N, C_out, OH, OW) with
-    ``OH = (H + 2*padding - KH) // stride + 1``. Weight (C_out, C_in, KH, KW),
-    He-normal initialized (fan-in, as in the paper); bias (C_out,) zeros.
+    ``OH = (H + 2*padding - KH) // stride + 1``. Weight (C_out, C_in / groups,
+    KH, KW), He-normal initialized (fan-in, as in the paper); bias (C_out,) zeros.
+
+    ``groups`` (PyTorch's meaning): the channels split into ``groups`` groups,
+    each convolved with its own ``C_out / groups`` filters (ResNeXt's
+    cardinality; ``groups = C_in`` is a depthwise convolution). Both channel
+    counts must be divisible by it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair = 0, bias: bool = True,
-                 dtype: Any = "float32") -> None:
+                 dtype: Any = "float32", groups: int = 1) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (
             _pair(kernel_size), _pair(stride), _pair(padding))
-        shape = (out_channels, in_channels, *self.kernel_size)
+        self.groups = conv.check_groups(groups, in_channels, out_channels,
+                                        f"Conv2d({in_channels}->{out_channels})")
+        shape = (out_channels, in_channels // self.groups, *self.kernel_size)
         self.weight = Parameter(init.kaiming_normal(shape, "fan_in", dtype))
         self.bias = Parameter(init.constant((out_channels,), 0.0, dtype)) if bias else None
 
@@ -99,6 +106,8 @@ class Conv2d(Module):
         if self.padding != (0, 0):
             p = self.padding
             s += f", padding={p[0] if p[0] == p[1] else p}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         return s
 
     def describe(self) -> str:
@@ -109,7 +118,8 @@ class Conv2d(Module):
         check_dtype(self, x, self.weight)
         check_window(self, x, self.kernel_size, self.padding)
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = conv.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        out, self._cache = conv.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
+                                               self.groups)
         return out
 
     def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
