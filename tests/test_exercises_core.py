@@ -118,3 +118,10 @@ def test_call_returns_missing_and_result_is_falsey():
         assert "ZeroDivisionError" in str(exc)
     else:
         raise AssertionError("assert_ok did not raise")
+
+
+def test_all_zero_answer_gets_its_own_hint_not_times_zero():
+    check = Check("c")
+    check.compare("dx", np.zeros((2, 3)), np.arange(1.0, 7.0).reshape(2, 3), tol=1e-8)
+    text = str(check.result())
+    assert "dx is all zeros" in text and "times 0" not in text

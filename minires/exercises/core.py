@@ -233,6 +233,10 @@ class Check:
     def _generic_hints(self, what: str, arr: np.ndarray, exp: np.ndarray) -> None:
         """Hints any comparison can recognise: a flipped sign, a constant
         factor, the right values in the wrong places."""
+        if not np.any(arr) and np.any(exp):
+            self.hint(f"{what} is all zeros: is it computed at all, or is a result "
+                      "overwritten instead of accumulated?")
+            return
         denom = float(np.sum(exp * exp))
         if denom > 0 and arr.size > 1:      # any number is a multiple of a scalar
             k = float(np.sum(arr * exp)) / denom
