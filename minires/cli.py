@@ -63,8 +63,8 @@ MODEL_FAMILIES = ("resnet", "plain", "preact_resnet")
 
 # Settings that define a run; a resumed run takes them from its checkpoint.
 RUN_SETTINGS = ("model", "dataset", "classes", "per_class", "image_size", "seed", "batch_size",
-                "lr", "momentum", "weight_decay", "schedule", "milestones", "warmup",
-                "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone", "freeze",
+                "lr", "momentum", "no_nesterov", "weight_decay", "schedule", "milestones",
+                "warmup", "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone", "freeze",
                 "source")
 
 
@@ -322,17 +322,20 @@ def make_loaders(ds: dict[str, Any], batch_size: int, seed: int, augment: bool,
 # ---- optimization --------------------------------------------------------------------
 
 def make_optimizer(params: Any, settings: dict[str, Any], epochs: int) -> tuple[Any, Any]:
-    """SGD with Nesterov momentum (plain SGD when momentum is 0) and the
-    per-epoch schedule of ``settings`` over ``epochs`` epochs.
+    """SGD with Nesterov momentum (classical momentum, as in He et al. 2015,
+    with ``no_nesterov``; plain SGD when momentum is 0) and the per-epoch
+    schedule of ``settings`` over ``epochs`` epochs.
 
-    ``settings`` holds ``lr``, ``momentum``, ``weight_decay``, ``schedule``
+    ``settings`` holds ``lr``, ``momentum``, ``no_nesterov`` (absent in runs
+    saved before it existed: Nesterov), ``weight_decay``, ``schedule``
     (cosine, multistep or constant), ``milestones`` (multistep; default 50%
     and 75% of the epochs) and ``warmup`` (epochs of linear warm-up from lr/10).
     """
     from . import optim
 
     opt = optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
-                    weight_decay=settings["weight_decay"], nesterov=settings["momentum"] > 0)
+                    weight_decay=settings["weight_decay"],
+                    nesterov=settings["momentum"] > 0 and not settings.get("no_nesterov", False))
     warmup = settings["warmup"]
     if settings["schedule"] == "cosine":
         main = optim.CosineAnnealingLR(opt, T_max=max(1, epochs - warmup))
@@ -879,6 +882,9 @@ def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> Non
                         + "; default %(default)s")
     p.add_argument("--momentum", type=float, default=d["momentum"],
                    help="Nesterov momentum (0: plain SGD); default %(default)s")
+    p.add_argument("--no-nesterov", action="store_true",
+                   help="classical momentum instead of Nesterov's (He et al. 2015 used "
+                        "classical momentum 0.9)")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="default %(default)s")
     p.add_argument("--schedule", choices=["cosine", "multistep", "constant"],

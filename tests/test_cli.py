@@ -684,3 +684,22 @@ def test_train_header_names_an_image_folder_once(tmp_path, capsys):
     header = next(line for line in text.splitlines() if line.startswith("resnet8 ("))
     assert header.count(str(pics)) == 1 and "(from " not in header
     assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")["config"]["in_channels"] == 3
+
+
+def test_no_nesterov_gives_classical_momentum_and_is_kept_on_resume(tmp_path, monkeypatch):
+    from minires import optim
+    from minires.nn import Parameter
+
+    settings = {**cli.TRAIN_DEFAULTS, "milestones": None}
+    p = Parameter(np.ones(3, dtype=np.float32))
+    assert cli.make_optimizer([p], settings, 4)[0].param_groups[0]["nesterov"] is True
+    opt, _ = cli.make_optimizer([p], {**settings, "no_nesterov": True}, 4)
+    assert isinstance(opt, optim.SGD) and opt.param_groups[0]["nesterov"] is False
+    assert cli.make_optimizer([p], {**settings, "momentum": 0.0}, 4)[0] \
+        .param_groups[0]["nesterov"] is False
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--model", "resnet8", "--epochs", "2", "--stop-after", "1",
+                     "--per-class", "5", "--no-nesterov", "--quiet", "--out", "r"]) == 0
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.npz")
+    assert ckpt["config"]["no_nesterov"] is True
+    assert cli.main(["train", "--resume", "r/checkpoint.npz", "--quiet"]) == 0
