@@ -64,8 +64,8 @@ MODEL_FAMILIES = ("resnet", "plain", "preact_resnet")
 # Settings that define a run; a resumed run takes them from its checkpoint.
 RUN_SETTINGS = ("model", "dataset", "classes", "per_class", "image_size", "seed", "batch_size",
                 "lr", "momentum", "no_nesterov", "weight_decay", "schedule", "milestones",
-                "warmup", "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone", "freeze",
-                "source")
+                "warmup", "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone",
+                "freeze", "source")
 
 
 class CommandError(Exception):
