@@ -15,9 +15,11 @@ Layout of a file (every entry is an array with a string key):
 
 JSON text is stored as a ``uint8`` array of its UTF-8 bytes. Files are read
 with ``np.load(path, allow_pickle=False)``; object arrays are refused on both
-sides. Writing goes to a temporary file in the target's directory, which is
-flushed, fsynced and then renamed over the target with ``os.replace``: a crash
-at any moment leaves either the old file or the new one, never a mix.
+sides. Writing goes through ``minires.atomic.atomic_write``: a temporary file
+in the target's directory, flushed, fsynced and then renamed over the target
+with ``os.replace``, so a crash at any moment leaves either the old file or
+the new one, never a mix (and a later save removes the temporary file such a
+crash left behind). The file's permissions follow the umask.
 
 Any problem reading a file (missing, truncated, corrupted, not a minires
 checkpoint, digest mismatch) raises ``CheckpointError``, a ``ValueError``
@@ -31,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from .atomic import atomic_write
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "save_state_dict",
@@ -217,38 +219,14 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
 # ---------------------------------------------------------------------------
 def _write_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` at ``path`` so that a crash leaves the old file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # What np.savez does, with allow_pickle=False on every member.
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as zf:
-                for name, a in arrays.items():
-                    with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, a, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX); not possible everywhere
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        # What np.savez does, with allow_pickle=False on every member.
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED,
+                             allowZip64=True) as zf:
+            for name, a in arrays.items():
+                with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, a, allow_pickle=False)
 
 
 def _save(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -257,24 +235,49 @@ def _save(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str
     _write_atomic(path, arrays)
 
 
+def _file_kind(path: str) -> str:
+    """``"zip"`` for a zip archive (what an ``.npz`` is), else a few words on what
+    the file is instead, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array"
+    if head[:1] == b"\x80" and 2 <= head[1:2][0] <= 5:
+        return "a Python pickle (which minires never loads)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:  # a character cut at the 4096th byte is still text
+        text = head[:err.start].decode("utf-8") if err.start > len(head) - 4 else None
+    if text is not None and "\x00" not in text:
+        return "a text file"
+    return "a file in an unknown format"
+
+
 def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every entry of a minires ``.npz`` and its metadata, verified."""
     shown = os.fspath(path)
     if not os.path.exists(shown):
         raise CheckpointError(f"{shown}: no such checkpoint file")
+    if os.path.isdir(shown):
+        raise CheckpointError(f"{shown}: is a folder, not a checkpoint file")
+    kind = _file_kind(shown)
+    if kind != "zip":  # np.load would try pickle, and pass on its advice to allow it
+        raise CheckpointError(f"{shown}: not a minires checkpoint: this is {kind}, not an "
+                              ".npz archive (checkpoints are the .npz files written by "
+                              "minires train or save_checkpoint)")
     try:
-        loaded = np.load(shown, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{shown}: not a minires checkpoint (a single .npy array, "
-                                  "not an .npz archive)")
-        with loaded:
+        with np.load(shown, allow_pickle=False) as loaded:
             arrays = {name: loaded[name] for name in loaded.files}
-    except CheckpointError:
-        raise
-    except Exception as err:  # zip, npy or pickle refusal: damaged or foreign file
+    except Exception as err:  # zip or npy damage, or an object array refused
+        reason = f"{type(err).__name__}: {err}"
+        if "pickle" in reason:  # not NumPy's advice to load it with allow_pickle
+            reason = "it holds Python objects, which could only be read by unpickling"
         raise CheckpointError(f"{shown}: cannot read the checkpoint, the file is truncated, "
-                              f"corrupted or not an .npz archive ({type(err).__name__}: "
-                              f"{err})") from err
+                              f"corrupted or not a minires .npz archive ({reason})") from err
     if META_KEY not in arrays or DIGEST_KEY not in arrays:
         raise CheckpointError(f"{shown}: not a minires checkpoint (no {META_KEY!r} and "
                               f"{DIGEST_KEY!r} entries)")

@@ -4,16 +4,29 @@ Run ``minires <command> --help`` for every option and examples. Each command
 is a function ``cmd_<name>(args) -> exit code``; ``main(argv)`` parses the
 arguments and runs one (also in-process, from tests and notebooks).
 
-Exit codes: 0 success, 1 an error (unknown model or dataset, unreadable
-checkpoint, ...; one line on stderr), 2 training diverged or the command line
-is malformed (argparse), 130 interrupted with Ctrl-C (the checkpoint of the
-last finished epoch is kept: continue with ``--resume``).
+Exit codes: 0 success; 1 an error (unknown model or dataset, unreadable
+checkpoint, an ``--out`` folder that holds a run, ...; one line on stderr);
+2 training diverged, or the command line is malformed: argparse's errors, and
+option values that can never work, checked before anything runs
+(``--epochs 0``, ``--warmup -1``, ``MINIRES_THREADS=abc``; one line on
+stderr); 130 interrupted with Ctrl-C (the checkpoint of the last finished
+epoch is kept: continue with ``--resume``).
+
+Output folders: a run writes to ``--out``, by default the first of
+``runs/<model>-<dataset>``, ``runs/<model>-<dataset>-2``, ... that does not
+exist yet, so a second run never replaces the first. An ``--out`` that already
+holds a run is refused unless resumed (``--resume``) or replaced
+(``--overwrite``).
+
+Datasets: ``cifar10`` is kept in the data folder, ``$MINIRES_DATA``, else
+``~/.cache/minires`` (``minires.data.data_root``); ``--download`` fetches it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -50,13 +63,63 @@ MODEL_FAMILIES = ("resnet", "plain", "preact_resnet")
 
 # Settings that define a run; a resumed run takes them from its checkpoint.
 RUN_SETTINGS = ("model", "dataset", "classes", "per_class", "image_size", "seed", "batch_size",
-                "lr", "momentum", "weight_decay", "schedule", "milestones", "warmup",
-                "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone", "freeze",
-                "source")
+                "lr", "momentum", "no_nesterov", "weight_decay", "schedule", "milestones",
+                "warmup", "label_smoothing", "no_augment", "backbone_lr", "freeze_backbone",
+                "freeze", "source")
 
 
 class CommandError(Exception):
     """A problem with what the user asked for; printed as one line, exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(CommandError):
+    """An option value that can never work (``--epochs 0``); found before anything
+    runs, printed as one line, exit code 2 (argparse's code for a malformed
+    command line)."""
+
+    exit_code = 2
+
+
+# Options that must be at least this; None (not given) is always allowed.
+OPTION_MINIMUM = {"epochs": 1, "stop_after": 1, "warmup": 0, "image_size": 1, "batch_size": 1,
+                  "per_class": 1, "threads": 1}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse option values that can never work, before anything runs.
+
+    Raises
+    ------
+    UsageError naming the option (or ``MINIRES_THREADS``) and the value.
+    """
+    for key, least in OPTION_MINIMUM.items():
+        value = getattr(args, key, None)
+        if value is not None and value < least:
+            kind = "positive" if least == 1 else "non-negative"
+            raise UsageError(f"--{key.replace('_', '-')} must be a {kind} integer, got {value}")
+    dataset = getattr(args, "dataset", None)
+    if (getattr(args, "image_size", None) is not None and not getattr(args, "resume", None)
+            and dataset in BUILTIN_SIZES):
+        raise UsageError(f"--image-size resizes the images of a folder dataset; {dataset} is "
+                         f"{BUILTIN_SIZES[dataset]} and is used at that size")
+    env_threads()
+
+
+def env_threads() -> int | None:
+    """``MINIRES_THREADS`` as a number (None when unset or empty).
+
+    Raises
+    ------
+    UsageError when it is set to anything but a positive integer.
+    """
+    text = os.environ.get("MINIRES_THREADS", "").strip()
+    if not text:
+        return None
+    if not (text.isdigit() and int(text) >= 1):
+        raise UsageError(f"MINIRES_THREADS must be a positive integer, got {text!r}")
+    return int(text)
 
 
 # ---- models --------------------------------------------------------------------------
@@ -93,6 +156,25 @@ def build_model(config: dict[str, Any]) -> Any:
 
     return get_model(config["model"], in_channels=config["in_channels"],
                      num_classes=config["num_classes"])
+
+
+def channels_note(model: Any) -> str:
+    """Why a model's parameter count differs from the papers' when its input
+    does not have 3 channels: only the first convolution sees the input, so it
+    holds ``out_channels * KH * KW`` weights per input channel. Empty for 3."""
+    from .nn import Conv2d
+
+    first = next((m for m in model.modules() if isinstance(m, Conv2d)), None)
+    channels = getattr(model, "in_channels", None)
+    if first is None or channels is None or channels == 3:
+        return ""
+    per_channel = first.weight.numel() // first.in_channels
+    diff = abs(3 - channels) * per_channel
+    rgb = model.num_parameters() + (3 - channels) * per_channel
+    word = "channel" if channels == 1 else "channels"
+    return (f", {diff:,} {'fewer' if channels < 3 else 'more'} than for RGB images "
+            f"({rgb:,}): the images have {channels} {word}, and the first convolution "
+            f"{per_channel:,} weights per channel")
 
 
 # ---- data ----------------------------------------------------------------------------
@@ -145,37 +227,60 @@ def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int
     return images, labels
 
 
+BUILTIN_SIZES = {"digits": "8x8 pixels", "cifar10": "32x32 pixels"}
+DATA_FOLDER_RULE = "$MINIRES_DATA, else ~/.cache/minires"
+
+
 def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int] | None = None,
-                 per_class: int | None = None, seed: int = 0) -> dict[str, Any]:
+                 per_class: int | None = None, seed: int = 0, download: bool = False,
+                 progress: bool = False, channels: int | None = None) -> dict[str, Any]:
     """Train and test arrays, class names, and the augmentation that suits the data.
 
     Parameters
     ----------
-    name : ``"digits"`` (bundled 8x8 digits), ``"cifar10"`` (the archive in
-        ``data/`` or ``$MINIRES_DATA``) or a folder ``root/<class>/*.png``
-        (split 80/20 per class, always with the same seed).
+    name : ``"digits"`` (bundled 8x8 digits), ``"cifar10"`` (in the data
+        folder, ``$MINIRES_DATA`` or ``~/.cache/minires``; fetched there when
+        ``download``) or a folder ``root/<class>/*.png`` (split 80/20 per
+        class, always with the same seed).
     image_size : images of a folder are resized to this (default 32).
     classes : keep these classes only, relabelled 0..k-1.
     per_class : at most this many training images per class (seeded by ``seed``).
+    download : fetch CIFAR-10 into the data folder when it is not there.
+    progress : show a progress bar while downloading.
+    channels : read a folder's images as grayscale when 1, else as RGB (3
+        channels; the default), so that they fit a model's first
+        convolution; the bundled datasets keep their own channels.
 
     Returns
     -------
     dict with ``"train"`` and ``"test"``: (images (N, C, H, W) float32,
     labels (N,) int64) on the host; ``"classes"``: names; ``"crop_pad"`` and
-    ``"flip"``: the augmentation (digits are not mirror-symmetric: no flips).
+    ``"flip"``: the augmentation (digits are not mirror-symmetric: no flips);
+    ``"folder"``: where the files were read (None for the bundled digits).
     """
     from . import data
 
+    folder = None
     if name == "digits":
         (xtr, ytr), (xte, yte) = data.load_digits("train"), data.load_digits("test")
         names = list(data.DIGITS_CLASSES)
         crop_pad, flip = 1, False
     elif name == "cifar10":
-        (xtr, ytr), (xte, yte) = data.load_cifar10("train"), data.load_cifar10("test")
+        folder = data.data_root()
+        try:
+            xtr, ytr = data.load_cifar10("train", download=download, progress=progress)
+            xte, yte = data.load_cifar10("test")
+        except data.CifarNotFound as err:
+            raise CommandError(
+                f"CIFAR-10 is not in the data folder {folder} ({DATA_FOLDER_RULE}): add "
+                f"--download to fetch it (170 MB, MD5-checked), or download "
+                f"{data.CIFAR10_URL} yourself and save it as {err.archive}") from None
         names = list(data.CIFAR10_CLASSES)
         crop_pad, flip = 4, True
     elif Path(name).is_dir():
-        images, labels, names = data.load_image_folder(name, size=image_size or 32)
+        folder = Path(name)
+        images, labels, names = data.load_image_folder(name, size=image_size or 32,
+                                                       mode="L" if channels == 1 else "RGB")
         train_idx, test_idx = data.stratified_split(labels, test_fraction=0.2, seed=0)
         xtr, ytr, xte, yte = images[train_idx], labels[train_idx], images[test_idx], labels[
             test_idx]
@@ -192,7 +297,7 @@ def load_dataset(name: str, image_size: int | None = None, classes: Sequence[int
     xtr, ytr = select_classes(xtr, ytr, classes, per_class, seed)
     xte, yte = select_classes(xte, yte, classes, None, seed)
     return {"train": (xtr, ytr), "test": (xte, yte), "classes": names,
-            "crop_pad": crop_pad, "flip": flip}
+            "crop_pad": crop_pad, "flip": flip, "folder": folder}
 
 
 def make_loaders(ds: dict[str, Any], batch_size: int, seed: int, augment: bool,
@@ -217,17 +322,20 @@ def make_loaders(ds: dict[str, Any], batch_size: int, seed: int, augment: bool,
 # ---- optimization --------------------------------------------------------------------
 
 def make_optimizer(params: Any, settings: dict[str, Any], epochs: int) -> tuple[Any, Any]:
-    """SGD with Nesterov momentum (plain SGD when momentum is 0) and the
-    per-epoch schedule of ``settings`` over ``epochs`` epochs.
+    """SGD with Nesterov momentum (classical momentum, as in He et al. 2015,
+    with ``no_nesterov``; plain SGD when momentum is 0) and the per-epoch
+    schedule of ``settings`` over ``epochs`` epochs.
 
-    ``settings`` holds ``lr``, ``momentum``, ``weight_decay``, ``schedule``
+    ``settings`` holds ``lr``, ``momentum``, ``no_nesterov`` (absent in runs
+    saved before it existed: Nesterov), ``weight_decay``, ``schedule``
     (cosine, multistep or constant), ``milestones`` (multistep; default 50%
     and 75% of the epochs) and ``warmup`` (epochs of linear warm-up from lr/10).
     """
     from . import optim
 
     opt = optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
-                    weight_decay=settings["weight_decay"], nesterov=settings["momentum"] > 0)
+                    weight_decay=settings["weight_decay"],
+                    nesterov=settings["momentum"] > 0 and not settings.get("no_nesterov", False))
     warmup = settings["warmup"]
     if settings["schedule"] == "cosine":
         main = optim.CosineAnnealingLR(opt, T_max=max(1, epochs - warmup))
@@ -303,10 +411,115 @@ def _resumed_settings(args: argparse.Namespace, command: str) -> tuple[dict[str,
     return settings, (args.resume, int(ckpt["epoch"]), int(saved.get("epochs", 0)))
 
 
+RUN_FILES = ("checkpoint.npz", "metrics.json", "metrics.csv", "curves.png")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an explicit ``--out`` that is a file (or lies under one) or that
+    holds another run, before any data is loaded."""
+    if args.out is None:
+        return
+    out = Path(args.out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"lies under {path}, a file"
+                raise CommandError(f"--out {out} {where}; --out names the folder where the "
+                                   "run's checkpoint, metrics and curves go")
+            break
+    if args.resume and _same_folder(out, Path(args.resume).parent):
+        return  # the resumed run continues in its own folder
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not args.overwrite:
+        raise CommandError(f"--out {out} already holds a run ({', '.join(held)}); continue it "
+                           f"with --resume {out / 'checkpoint.npz'}, replace it with "
+                           "--overwrite, or choose another --out")
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def _output_folder(args: argparse.Namespace, default: str) -> tuple[Path, list[Path]]:
+    """Create the run's folder: ``--out``, or the first of ``default``,
+    ``default-2``, ... that does not exist yet. With ``--overwrite`` the files
+    of the run it held are deleted first. Returns the folder and the folders
+    this call created, deepest first (sets ``args.out``)."""
+    if args.out is None and not args.overwrite:
+        base = Path(default)
+        for k in itertools.count(1):
+            folder = base if k == 1 else base.with_name(f"{base.name}-{k}")
+            created = _missing_folders(folder)
+            try:
+                folder.mkdir(parents=True)  # fails if it exists: two runs never share one
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise CommandError(f"cannot create the output folder {folder}: "
+                                   f"{err.strerror or err}") from None
+            if k > 1:
+                print(f"note: {base} holds an earlier run; this run goes to {folder}/ "
+                      "(choose the folder with --out, replace the earlier run with "
+                      "--overwrite)", file=sys.stderr)
+            args.out = str(folder)
+            return folder, created
+    out = Path(args.out if args.out is not None else default)
+    args.out = str(out)
+    created = _missing_folders(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create the output folder {out}: "
+                           f"{err.strerror or err}") from None
+    if args.overwrite and not (args.resume and _same_folder(out, Path(args.resume).parent)):
+        removed = [name for name in RUN_FILES if (out / name).exists()]
+        for name in removed:
+            (out / name).unlink()
+        if removed:
+            print(f"note: --overwrite: deleted the earlier run's {', '.join(removed)} in "
+                  f"{out}/", file=sys.stderr)
+    return out, created
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch the checkpoint at ``path`` holds (None: no readable checkpoint)."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except CheckpointError:
+        return None
+
+
 def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
-         config: dict[str, Any], resume: tuple[str, int, int] | None) -> int:
-    """Train ``model`` as ``config`` says; ``resume`` is (checkpoint, epochs done,
-    epochs planned when it was written) or None."""
+         config: dict[str, Any], resume: tuple[str, int, int] | None, default_out: str) -> int:
+    """Train ``model`` as ``config`` says into ``--out`` (default ``default_out``);
+    ``resume`` is (checkpoint, epochs done, epochs planned when it was written)
+    or None. The folders this call created are removed again if nothing was
+    saved in them."""
+    out, created = _output_folder(args, default_out)
+    try:
+        return _fit_into(out, args, model, ds, params, config, resume)
+    finally:
+        for folder in created:  # rmdir: only if empty; nothing saved, nothing left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _is_image_folder(config: dict[str, Any], ds: dict[str, Any]) -> bool:
+    """Whether the run's dataset is a folder of images (not digits or cifar10)."""
+    return ds.get("folder") is not None and Path(config["dataset"]) == ds["folder"]
+
+
+def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
+              config: dict[str, Any], resume: tuple[str, int, int] | None) -> int:
     import numpy as np
 
     from . import backend
@@ -317,7 +530,6 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
     train, test = make_loaders(ds, config["batch_size"], config["seed"],
                                not config["no_augment"], config["mean"], config["std"])
     opt, sched = make_optimizer(params, config, epochs)
-    out = Path(args.out)
     trainer = Trainer(model, opt, train, test, scheduler=sched,
                       criterion=CrossEntropyLoss(config["label_smoothing"]), out_dir=out,
                       config=config, progress=not args.quiet and sys.stderr.isatty(),
@@ -338,8 +550,11 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
         print(f"resumed from {path} after epoch {trainer.epoch}")
     trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if p.requires_grad)
     count = f"{model.num_parameters():,} parameters" + (
-        f", {trainable:,} trainable" if trainable < model.num_parameters() else "")
-    print(f"{config['model']} ({count}) on {config['dataset']}: "
+        f", {trainable:,} trainable" if trainable < model.num_parameters() else "") + (
+        channels_note(model))
+    folder = ds.get("folder")  # where cifar10 lies; a folder dataset's name is its path
+    source = f" (from {folder})" if folder and not _is_image_folder(config, ds) else ""
+    print(f"{config['model']} ({count}) on {config['dataset']}{source}: "
           f"{len(ds['train'][1])} train / {len(ds['test'][1])} test images, "
           f"{len(ds['classes'])} classes, backend {backend.name()}; writing to {out}/")
     stop = min(epochs, args.stop_after) if args.stop_after is not None else epochs
@@ -354,9 +569,13 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
         return 2
     except KeyboardInterrupt:
         ckpt = out / "checkpoint.npz"
-        hint = (f"continue with: minires {config['command']} --resume {ckpt}"
-                if trainer.epoch > 0 else "no epoch finished, nothing saved")
-        print(f"\ninterrupted after epoch {trainer.epoch}; {hint}", file=sys.stderr)
+        saved = _saved_epoch(ckpt)  # what the file holds, whenever the Ctrl-C came
+        if saved is None:
+            print("\ninterrupted before the first epoch was saved; nothing to resume",
+                  file=sys.stderr)
+        else:
+            print(f"\ninterrupted; the checkpoint holds epoch {saved} of {epochs}; continue "
+                  f"with: minires {config['command']} --resume {ckpt}", file=sys.stderr)
         return 130
     final = trainer.history[-1]
     print(f"done in {time.perf_counter() - start:.1f} s: epoch {trainer.epoch} of {epochs}, "
@@ -369,20 +588,25 @@ def _fit(args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
     return 0
 
 
-def _prepare(args: argparse.Namespace, command: str) -> tuple[dict, dict, Any]:
+def _prepare(args: argparse.Namespace, command: str,
+             channels: int | None = None) -> tuple[dict, dict, Any]:
     """Settings (from the command line or the resumed checkpoint), the dataset
-    and the resume information (None for a fresh run)."""
+    and the resume information (None for a fresh run). A folder of images is
+    read with ``channels`` (1: grayscale, else RGB); a resumed run reads it
+    with the channels its model takes."""
     from .nn import init
 
     if args.resume:
         settings, resume = _resumed_settings(args, command)
+        channels = settings.get("in_channels")
         if args.out is None:
             args.out = str(Path(args.resume).parent)
     else:
         settings, resume = _settings(args, command), None
     init.manual_seed(settings["seed"])
     ds = load_dataset(settings["dataset"], settings["image_size"], settings["classes"],
-                      settings["per_class"], settings["seed"])
+                      settings["per_class"], settings["seed"], download=args.download,
+                      progress=not args.quiet and sys.stderr.isatty(), channels=channels)
     config = {**settings, **_data_config(ds)}
     if resume is not None:  # the data's statistics as saved, so the inputs match exactly
         config.update({k: settings[k] for k in ("mean", "std") if k in settings})
@@ -393,17 +617,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``minires train``: build a model and train it from scratch (or resume)."""
     if not args.resume:
         args.model = resolve_model_name(args.model, args.depth)
+    _check_out(args)
     config, ds, resume = _prepare(args, "train")
     model = build_model(config)
-    if args.out is None:
-        args.out = f"runs/{config['model']}-{Path(config['dataset']).name}"
-    return _fit(args, model, ds, model.parameters(), config, resume)
+    default_out = f"runs/{config['model']}-{Path(config['dataset']).name}"
+    return _fit(args, model, ds, model.parameters(), config, resume, default_out)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """``minires finetune``: load pretrained weights, new head, freeze, train."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .finetune import finetune_param_groups, freeze, load_pretrained, replace_head
+    from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_file
+    from .finetune import (
+        finetune_param_groups,
+        freeze,
+        input_channels,
+        load_pretrained,
+        read_weights,
+        replace_head,
+    )
 
     if not args.resume and not args.source:
         raise CommandError("--from is required (a checkpoint.npz, a weights .npz or a "
@@ -413,23 +644,46 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     elif args.depth is not None and not args.resume:
         raise CommandError("--depth goes with --model (a family such as resnet); without "
                            "--model the checkpoint's architecture is used")
-    config, ds, resume = _prepare(args, "finetune")
-    if resume is None:
-        pre_config: dict[str, Any] = {}
+    if not args.resume:
+        source = Path(args.source)
+        if not source.exists():
+            raise CommandError(f"--from {source}: no such file")
+        if source.is_dir():
+            raise CommandError(f"--from {source} is a folder; expected a checkpoint.npz, a "
+                               "weights .npz or a PyTorch .pt/.pth file")
+    _check_out(args)
+    pre_config: dict[str, Any] = {}
+    weights: dict[str, Any] = {}
+    if not args.resume:  # the weights first: a folder of images is read to fit them
         if str(args.source).endswith(".npz"):
             try:
                 pre_config = load_checkpoint(args.source)["config"] or {}
             except CheckpointError:
-                pre_config = {}  # a weights-only file: the model must be named
-        config["model"] = args.model or pre_config.get("model")
-        if not config["model"]:
+                load_state_dict_file(args.source)  # a weights-only file, or its own error
+                pre_config = {}  # weights only: the model must be named
+        if not (args.model or pre_config.get("model")):
             raise CommandError("--model is needed when --from holds bare weights")
+        weights = read_weights(args.source)
+    channels = input_channels(weights)
+    config, ds, resume = _prepare(args, "finetune", channels)
+    if resume is None:
+        if _is_image_folder(config, ds):
+            how = "grayscale (1 channel)" if config["in_channels"] == 1 else "RGB (3 channels)"
+            if channels == config["in_channels"]:
+                why = f", as the first convolution of {args.source} expects"
+            elif channels:
+                why = (f"; the first convolution of {args.source} takes {channels} channels, "
+                       "so it starts from random weights")
+            else:
+                why = ""
+            print(f"read the images of {config['dataset']} as {how}{why}")
+        config["model"] = args.model or pre_config["model"]
         if pre_config.get("mean") and len(pre_config["mean"]) == config["in_channels"]:
             # keep the pretraining normalization: the backbone's features expect it
             config["mean"], config["std"] = pre_config["mean"], pre_config["std"]
         old_classes = pre_config.get("num_classes")
         model = build_model({**config, "num_classes": old_classes or config["num_classes"]})
-        missing, unexpected = load_pretrained(model, args.source)
+        missing, unexpected = load_pretrained(model, weights)
         replace_head(model, config["num_classes"])
         shown = f" ({', '.join(missing)})" if 0 < len(missing) <= 4 else ""
         replaced = f" replaces the one for {old_classes}" if old_classes else ""
@@ -448,9 +702,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"froze {len(frozen)} parameters ({frozen[0]} ... {frozen[-1]})")
     params = finetune_param_groups(model, lr=config["lr"], backbone_lr=config["backbone_lr"],
                                    weight_decay=config["weight_decay"])
-    if args.out is None:
-        args.out = f"runs/finetune-{config['model']}-{Path(config['dataset']).name}"
-    return _fit(args, model, ds, params, config, resume)
+    default_out = f"runs/finetune-{config['model']}-{Path(config['dataset']).name}"
+    return _fit(args, model, ds, params, config, resume, default_out)
 
 
 # ---- evaluate, gradcheck, models ---------------------------------------------------------
@@ -470,7 +723,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or config["dataset"]
     ds = load_dataset(dataset, config.get("image_size"), config.get("classes"),
                       config.get("per_class") if args.split == "train" else None,
-                      config.get("seed", 0))
+                      config.get("seed", 0), download=args.download,
+                      progress=sys.stderr.isatty(), channels=config.get("in_channels"))
     model = build_model(config)
     model.load_state_dict(ckpt["model_state"])
     x, y = ds[args.split]
@@ -508,14 +762,25 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``minires models``: the names ``--model`` accepts."""
+    """``minires models``: the names ``--model`` accepts; ``--count`` adds the
+    parameters, for the input and classes they are counted with."""
     from .models import available_models, get_model
 
+    if args.count:
+        print(f"{'model':<18} {'parameters':>12}  input (C, H, W), classes")
     for name in available_models():
         if args.count:
-            print(f"{name:<18} {get_model(name).num_parameters():>12,}")
+            model = get_model(name)
+            size = 224 if model.fc.out_features == 1000 else 32   # ImageNet or CIFAR
+            print(f"{name:<18} {model.num_parameters():>12,}  "
+                  f"({model.in_channels}, {size}, {size}), {model.fc.out_features}")
         else:
             print(name)
+    if args.count:
+        print("Counted as the papers do, for RGB input and 10 classes (CIFAR) or 1000\n"
+              "(ImageNet). The image size does not change a count; the input's channels\n"
+              "(the first convolution) and the classes (fc) do: on the 1-channel digits,\n"
+              "resnet20 has 269,434. `model.summary(input_shape)` adds shapes and FLOPs.")
     return 0
 
 
@@ -530,10 +795,12 @@ EPILOG_MAIN = """examples:
 
 EPILOG_TRAIN = """examples:
   minires train                                  # ResNet-20 on the bundled digits
+  minires train --seed 1                         # a 2nd run: runs/resnet20-digits-2
   minires train --model plain --depth 20 --out runs/plain20
   minires train --model resnet --depth 32 --epochs 20 --seed 1
-  minires train --dataset cifar10 --epochs 164 --batch-size 128 --schedule multistep \\
-                --milestones 82,123 --weight-decay 1e-4     # the paper's recipe
+  minires train --model resnext29_digits         # a small ResNeXt-29: ~98%, < 1 min
+  minires train --dataset cifar10 --download --epochs 164 --batch-size 128 \\
+                --schedule multistep --milestones 82,123   # the paper's recipe
   minires train --dataset path/to/images --image-size 32 --model resnet8
   minires train --epochs 15 --stop-after 5 --out runs/a  # stop after epoch 5 ...
   minires train --resume runs/a/checkpoint.npz           # ... and continue to 15
@@ -590,14 +857,18 @@ def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> Non
                         "torchvision's ImageNet ResNets; default "
                         + ("the checkpoint's" if finetune else f"{d['depth']}"))
     p.add_argument("--dataset", default=d["dataset"],
-                   help="digits (bundled), cifar10 (archive in data/ or $MINIRES_DATA), "
-                        "or a folder root/<class>/*.png; default %(default)s")
+                   help="digits (bundled), cifar10 (kept in the data folder: "
+                        f"{DATA_FOLDER_RULE}; --download fetches it), or a folder "
+                        "root/<class>/*.png; default %(default)s")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 (170 MB, MD5-checked) into the data folder if it "
+                        "is not there")
     p.add_argument("--classes", default=None,
                    help="comma-separated class indices to keep, relabelled 0..k-1")
     p.add_argument("--per-class", type=int, default=None,
                    help="use at most this many training images per class")
     p.add_argument("--image-size", type=int, default=None,
-                   help="resize image-folder images to this size (default 32)")
+                   help="resize the images of a folder dataset to this size (default 32)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs in all (default {d['epochs']}; when resuming, the run's)")
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
@@ -611,6 +882,9 @@ def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> Non
                         + "; default %(default)s")
     p.add_argument("--momentum", type=float, default=d["momentum"],
                    help="Nesterov momentum (0: plain SGD); default %(default)s")
+    p.add_argument("--no-nesterov", action="store_true",
+                   help="classical momentum instead of Nesterov's (He et al. 2015 used "
+                        "classical momentum 0.9)")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="default %(default)s")
     p.add_argument("--schedule", choices=["cosine", "multistep", "constant"],
@@ -628,8 +902,12 @@ def _training_options(p: argparse.ArgumentParser, finetune: bool = False) -> Non
     p.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint.npz, with its settings")
     p.add_argument("--out", default=None,
-                   help="output folder (default runs/<model>-<dataset>, or the resumed "
-                        "checkpoint's folder)")
+                   help="output folder (default: the first of runs/<model>-<dataset>, "
+                        "runs/<model>-<dataset>-2, ... that does not exist yet; when "
+                        "resuming, the checkpoint's folder); one that holds a run is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (its checkpoint, metrics and curves are "
+                        "deleted before training starts)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_backend(p)
 
@@ -641,6 +919,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minires", epilog=EPILOG_MAIN, formatter_class=raw,
         description="Residual networks built by hand: train, evaluate, fine-tune and "
                     "gradient-check them.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"minires {__version__}")
     _add_backend(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -658,6 +939,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "split, in eval mode.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by minires train/finetune")
     p.add_argument("--dataset", default=None, help="default: the one it was trained on")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 into the data folder if it is not there")
     p.add_argument("--split", choices=["train", "test"], default="test",
                    help="default %(default)s")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -670,7 +953,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weights file, or a torchvision-layout PyTorch state "
                                    "dict), put a new classifier head for the new classes, "
                                    "optionally freeze layers, and train: the head at --lr, "
-                                   "the pretrained layers at --backbone-lr.")
+                                   "the pretrained layers at --backbone-lr. A folder of "
+                                   "images is read in grayscale or in RGB, as the pretrained "
+                                   "first convolution takes them.")
     p.add_argument("--from", dest="source", default=None, metavar="WEIGHTS",
                    help="checkpoint.npz, a minires weights .npz, or a PyTorch .pt/.pth "
                         "state dict (torchvision names)")
@@ -720,18 +1005,19 @@ def limit_threads(threads: int | None) -> contextlib.AbstractContextManager:
     wait without spinning).
 
     ``None`` means the usable cores, unless ``MINIRES_THREADS`` is set (then
-    it is left alone). Before NumPy is imported (the ``minires`` command)
+    it is left alone; a value that is not a positive integer is a
+    ``UsageError``). Before NumPy is imported (the ``minires`` command)
     this sets ``MINIRES_THREADS`` and the environment variables the BLAS
     reads at load time; afterwards (``main`` called from Python) it sets
     them through ``minires.fast.parallel`` and ``threadpoolctl`` for the
     command's duration. Returns a context manager.
     """
     if threads is None:
-        if "MINIRES_THREADS" in os.environ:
+        if env_threads() is not None:  # a bad value is a UsageError naming the variable
             return contextlib.nullcontext()
         threads = len(os.sched_getaffinity(0))
     if threads < 1:
-        raise CommandError(f"--threads must be positive, got {threads}")
+        raise UsageError(f"--threads must be a positive integer, got {threads}")
     if "numpy" not in sys.modules:
         os.environ["MINIRES_THREADS"] = str(threads)
         for v in _THREAD_VARIABLES:
@@ -760,10 +1046,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         threads = limit_threads(args.threads)
     except CommandError as err:
         print(f"minires {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     with threads:
         try:
             return _run(args)
@@ -781,7 +1068,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.backend:
             backend.use(args.backend)
         return int(args.func(args) or 0)
-    except (CommandError, CheckpointError, CifarError, backend.BackendError, ValueError,
+    except CommandError as err:
+        print(f"minires {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except (CheckpointError, CifarError, backend.BackendError, ValueError,
             FileNotFoundError, KeyError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"minires {args.command}: error: {message}", file=sys.stderr)

@@ -64,6 +64,22 @@ def read_weights(source: str | os.PathLike | Mapping[str, Any] | Any) -> dict[st
     return dict(load_state_dict_file(path))
 
 
+def input_channels(weights: Mapping[str, Any]) -> int | None:
+    """The input channels the weights' first convolution takes: axis 1 of
+    ``conv1.weight`` (the name in minires's and torchvision's ResNets), else of
+    the first 4-D weight; None when there is none.
+
+    Parameters
+    ----------
+    weights : mapping name -> array, as :func:`read_weights` returns it; a
+        convolution weight is (C_out, C_in, KH, KW).
+    """
+    first = weights.get("conv1.weight")
+    if first is None:
+        first = next((v for v in weights.values() if len(np.shape(v)) == 4), None)
+    return None if first is None else int(np.shape(first)[1])
+
+
 def load_pretrained(model: Module, source: str | os.PathLike | Mapping[str, Any],
                     skip_mismatched: bool = True) -> IncompatibleKeys:
     """Load every weight of ``source`` whose name and shape match ``model``.

@@ -59,6 +59,9 @@ def _op_checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], dict]]]
         ("conv2d 3x2 stride 2 pad 0", lambda: check_op(
             F.conv2d_forward, F.conv2d_backward, x4, w, b, stride=2, padding=0)),
         ("conv2d no bias", lambda: check_op(conv_no_bias, conv_no_bias_backward, x4, w)),
+        ("conv2d 3x3 groups 3 stride 2", lambda: check_op(
+            F.conv2d_forward, F.conv2d_backward, x4, rng.standard_normal((6, 1, 3, 3)),
+            rng.standard_normal(6), stride=2, padding=1, groups=3)),
         ("batchnorm train", lambda: check_op(bn(True), F.batchnorm_backward, x4, gamma, beta)),
         ("batchnorm eval", lambda: check_op(bn(False), F.batchnorm_backward, x4, gamma, beta)),
         ("batchnorm (N, C)", lambda: check_op(bn2d, F.batchnorm_backward,
@@ -91,6 +94,9 @@ def _block_checks(rng: np.random.Generator, quick: bool) -> list[tuple[str, Call
             (f"PlainBlock stride 2 ({mode})", lambda: blocks.PlainBlock(2, 4, 2),
              (2, 2, 6, 6)),
             (f"Bottleneck B stride 2 ({mode})", lambda: blocks.Bottleneck(4, 2, 2, "B"),
+             (2, 4, 5, 5)),
+            (f"Bottleneck groups 2 (ResNeXt) stride 2 ({mode})",
+             lambda: blocks.Bottleneck(4, 2, 2, "B", groups=2, base_width=64),
              (2, 4, 5, 5)),
             (f"PreActBlock stride 1 ({mode})", lambda: blocks.PreActBlock(3, 3, 1),
              (2, 3, 5, 5)),

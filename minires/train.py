@@ -23,6 +23,9 @@ bit-identical weights to an uninterrupted one: everything random follows
 from the saved states (the ``DataLoader``'s shuffling and augmentation from
 ``(seed, epoch, batch)``, the initializer's generator from its saved state).
 
+A Ctrl-C while an epoch is being saved waits for the save (a fraction of a
+second): the checkpoint then holds every epoch the trainer counted.
+
 If the loss, the test loss or any weight stops being finite, training stops
 with ``TrainingDiverged`` before anything of that epoch is written, so the
 checkpoint on disk is still the last good epoch.
@@ -30,14 +33,15 @@ checkpoint on disk is still the last good epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-import os
-import tempfile
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
+from .atomic import atomic_write
 from .checkpoint import load_checkpoint, save_checkpoint
+from .grad_mode import no_grad
 from .models import ResNet
 from .nn import CrossEntropyLoss, Module, init
 from .plot import plot_history
@@ -67,6 +73,31 @@ class TrainingDiverged(RuntimeError):
         self.checkpoint = checkpoint
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends,
+    then raise ``KeyboardInterrupt``.
+
+    The trainer counts, records and saves each finished epoch inside such a
+    block, so an interrupted run never holds an epoch in memory that its
+    checkpoint lacks (nor a stepped schedule without the epoch). Only in the
+    main thread, and only while Python's own SIGINT handler is installed;
+    otherwise the block runs as it is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _stateful(obj: Any) -> bool:
     return obj is not None and hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
 
@@ -75,6 +106,34 @@ def count_correct(logits: Any, y: Any) -> int:
     """Number of rows of ``logits`` (N, K) whose largest entry is at ``y`` (N,)."""
     xp = backend.namespace(logits)
     return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64)))
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Parameters
+    ----------
+    y_true, y_pred : (N,) integer arrays (any backend) with values in
+        ``[0, num_classes)``.
+    num_classes : K; classes that occur nowhere still get a row and a column.
+
+    Returns
+    -------
+    (K, K) int64 NumPy array ``C`` with ``C[i, j]`` = the number of samples of
+    true class ``i`` predicted as ``j`` (rows: truth, columns: prediction, as
+    in scikit-learn). ``C.sum()`` is N and ``trace(C)`` the number correct.
+    """
+    t = np.asarray(backend.to_numpy(y_true)).astype(np.int64).ravel()
+    p = np.asarray(backend.to_numpy(y_pred)).astype(np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"confusion_matrix: y_true has {t.size} labels, y_pred {p.size}")
+    for name, v in (("y_true", t), ("y_pred", p)):
+        if v.size and (v.min() < 0 or v.max() >= num_classes):
+            raise ValueError(f"confusion_matrix: {name} holds labels outside "
+                             f"[0, {num_classes - 1}]")
+    # one bin per (i, j) pair: bincount adds repeated pairs (C[t, p] += 1 would not)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
 
 
 def evaluate(model: Module, loader: Iterable, criterion: Module | None = None) -> dict[str, float]:
@@ -90,20 +149,22 @@ def evaluate(model: Module, loader: Iterable, criterion: Module | None = None) -
     -------
     dict with ``loss`` (mean over images), ``acc`` (fraction correct) and
     ``images``. BatchNorm uses its running statistics, so the result does not
-    depend on how the images are batched. The model's mode is restored and
-    the caches of the forward passes are dropped.
+    depend on how the images are batched. The forwards run under
+    ``minires.no_grad()`` (no layer keeps a cache: for ResNet-20 at batch
+    1024, see benchmarks/nograd_memory.py); the model's mode is restored.
     """
     criterion = criterion or CrossEntropyLoss()
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     try:
-        for x, y in loader:
-            logits = model(x)
-            n = int(x.shape[0])
-            total_loss += float(criterion(logits, y)) * n
-            correct += count_correct(logits, y)
-            seen += n
+        with no_grad():  # no backward follows: each layer drops its cache at once
+            for x, y in loader:
+                logits = model(x)
+                n = int(x.shape[0])
+                total_loss += float(criterion(logits, y)) * n
+                correct += count_correct(logits, y)
+                seen += n
     finally:
         model.train(was_training)
         for m in model.modules():  # free the activations kept for a backward
@@ -170,7 +231,7 @@ class Trainer:
         Raises
         ------
         TrainingDiverged as soon as a batch's loss is NaN or infinite (before
-        its backward pass and update).
+        its backward pass and update); ValueError when the loader gives no batch.
         """
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -206,6 +267,9 @@ class Trainer:
                                 img_s=f"{rate:.0f}", refresh=False)
         finally:
             bar.close()
+        if seen == 0:  # not a silent epoch with loss 0.0
+            raise ValueError(f"Trainer: the training loader gave no batches in epoch "
+                             f"{self.epoch + 1}")
         elapsed = time.perf_counter() - start
         return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
@@ -247,13 +311,15 @@ class Trainer:
                     test = self.evaluate()
                     record.update(test_loss=test["loss"], test_acc=test["acc"])
                 self._check_finite(record)
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.epoch += 1
-                previous = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
-                record["wall_s"] = previous + time.perf_counter() - start
-                self.history.append(record)
-                self._write_outputs()
+                # the epoch is counted, recorded and saved together: a Ctrl-C here waits
+                with interrupts_deferred():
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    self.epoch += 1
+                    previous = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
+                    record["wall_s"] = previous + time.perf_counter() - start
+                    self.history.append(record)
+                    self._write_outputs()
                 outer.update(1)
                 outer.set_postfix({k: f"{v:.4f}" for k, v in record.items()
                                    if k in ("train_loss", "test_acc")})
@@ -328,22 +394,39 @@ class Trainer:
         ``restore_scheduler=False`` keeps this trainer's schedule as it is (to
         continue with a re-planned one; the optimizer's lrs are then the saved
         ones until the caller sets them).
+
+        All or nothing: a checkpoint that does not fit (another model, other
+        parameter groups, another schedule type) raises and leaves the trainer
+        as it was.
         """
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        undo = self.state()  # what this trainer goes back to if a part does not fit
+        try:
+            self._restore(ckpt, restore_scheduler)
+        except Exception:
+            self._restore(undo, restore_scheduler)
+            raise
+        self.epoch = int(ckpt["epoch"])
+        self.history = list((ckpt.get("extra") or {}).get("history", []))
+        return ckpt
+
+    def _restore(self, state: dict[str, Any], restore_scheduler: bool) -> None:
+        """Load a checkpoint's pieces. The optimizer (whose load checks the
+        parameter groups and changes nothing if they do not match) comes
+        first and the model's weights (checked in full before any is written)
+        last, so that a checkpoint of another model or grouping raises before
+        the weights are replaced; ``resume`` undoes the pieces in between."""
+        self.optimizer.load_state_dict(state["optimizer_state"])
         if (restore_scheduler and self.scheduler is not None
-                and ckpt.get("scheduler_state") is not None):
-            self.scheduler.load_state_dict(ckpt["scheduler_state"])
-        rng = ckpt.get("rng_state") or {}
+                and state.get("scheduler_state") is not None):
+            self.scheduler.load_state_dict(state["scheduler_state"])
+        rng = state.get("rng_state") or {}
         for name, obj in (("train_loader", self.train_loader), ("test_loader", self.test_loader)):
             if rng.get(name) is not None and _stateful(obj):
                 obj.load_state_dict(rng[name])
         if rng.get("init") is not None:
             init.get_rng().bit_generator.state = rng["init"]
-        self.epoch = int(ckpt["epoch"])
-        self.history = list((ckpt.get("extra") or {}).get("history", []))
-        return ckpt
+        self.model.load_state_dict(state["model_state"])
 
     # ---- files ------------------------------------------------------------------
     def _write_outputs(self) -> None:
@@ -360,8 +443,30 @@ class Trainer:
         if self.out_dir is None or not self.history:
             return None
         self._last_curves = time.perf_counter()
+        fc = getattr(self.model, "fc", None)
+        classes = self.config.get("num_classes") or getattr(fc, "out_features", None)
         return plot_history(self.history, self.out_dir / "curves.png",
-                            title=str(self.config.get("model", "")))
+                            title=curves_title(self.config),
+                            label_smoothing=getattr(self.criterion, "label_smoothing", 0.0),
+                            num_classes=classes)
+
+
+def curves_title(config: dict[str, Any]) -> str:
+    """The title of ``curves.png`` from a run's config: the model, the dataset
+    (its classes when only some are used) and, for a fine-tune, where its
+    weights came from, e.g. ``"resnet8 fine-tuned on digits (classes 5,6,7)
+    from pretrain/checkpoint.npz"``. Keys that are missing are left out."""
+    title = str(config.get("model") or "")
+    finetune = config.get("command") == "finetune"
+    if finetune:
+        title += " fine-tuned" if title else "fine-tuned"
+    if config.get("dataset"):
+        title += f" on {Path(str(config['dataset'])).name}"
+        if config.get("classes"):
+            title += f" (classes {','.join(str(c) for c in config['classes'])})"
+    if finetune and config.get("source"):
+        title += " from " + "/".join(Path(str(config["source"])).parts[-2:])
+    return title.strip()
 
 
 def write_metrics(history: list[dict[str, float]], folder: str | Path) -> None:
@@ -380,14 +485,8 @@ def write_metrics(history: list[dict[str, float]], folder: str | Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def nonfinite_arrays(model: Module) -> list[str]:

@@ -64,12 +64,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 _unexpected_skips: list[str] = []
+_chapter_times: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report):
     if report.skipped and os.environ.get("MINIRES_CI") == "1":
         if "gpu" not in report.keywords:
             _unexpected_skips.append(report.nodeid)
+    if report.when == "call" and report.nodeid.endswith(".ipynb"):
+        _chapter_times[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each chapter's run time (the budget is 3 minutes on 2 cores)."""
+    if _chapter_times:
+        terminalreporter.write_sep("-", "chapter run times")
+        for nodeid, seconds in sorted(_chapter_times.items()):
+            terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")
 
 
 def pytest_sessionfinish(session, exitstatus):

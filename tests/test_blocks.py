@@ -34,8 +34,8 @@ def torch_refs(torch):
     """PyTorch versions of every block and network, after torchvision's code."""
     nn = torch.nn
 
-    def conv3x3(i, o, s=1):
-        return nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False)
+    def conv3x3(i, o, s=1, groups=1):
+        return nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False, groups=groups)
 
     def conv1x1(i, o, s=1):
         return nn.Conv2d(i, o, 1, stride=s, bias=False)
@@ -79,16 +79,17 @@ def torch_refs(torch):
                 out += identity
             return self.relu(out)
 
-    class Bottleneck(nn.Module):  # torchvision.models.resnet.Bottleneck (v1.5)
+    class Bottleneck(nn.Module):  # torchvision.models.resnet.Bottleneck (v1.5, ResNeXt)
         expansion = 4
 
-        def __init__(self, inplanes, planes, stride=1, option="B"):
+        def __init__(self, inplanes, planes, stride=1, option="B", groups=1, base_width=64):
             super().__init__()
-            self.conv1 = conv1x1(inplanes, planes)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = conv3x3(planes, planes, stride)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv3 = conv1x1(planes, planes * 4)
+            width = int(planes * (base_width / 64.0)) * groups
+            self.conv1 = conv1x1(inplanes, width)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = conv3x3(width, width, stride, groups)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3 = conv1x1(width, planes * 4)
             self.bn3 = nn.BatchNorm2d(planes * 4)
             self.relu = nn.ReLU(inplace=True)
             self.downsample = shortcut(option, inplanes, planes * 4, stride)
@@ -142,25 +143,25 @@ def torch_refs(torch):
             out = self.conv3(torch.relu(self.bn3(out)))
             return out + sc
 
-    def make_layer(block, inplanes, planes, blocks, stride, option):
+    def make_layer(block, inplanes, planes, blocks, stride, option, **kw):
         layers = []
         for i in range(blocks):
-            layers.append(block(inplanes, planes, stride if i == 0 else 1, option))
+            layers.append(block(inplanes, planes, stride if i == 0 else 1, option, **kw))
             inplanes = planes * block.expansion
         return nn.Sequential(*layers), inplanes
 
     class ResNet(nn.Module):  # torchvision.models.resnet.ResNet
-        def __init__(self, block, layers, num_classes=1000, in_channels=3):
-            super().__init__()
+        def __init__(self, block, layers, num_classes=1000, in_channels=3, **kw):
+            super().__init__()   # kw: groups, base_width (torchvision's width_per_group)
             self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(64)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             inplanes = 64
-            self.layer1, inplanes = make_layer(block, inplanes, 64, layers[0], 1, "B")
-            self.layer2, inplanes = make_layer(block, inplanes, 128, layers[1], 2, "B")
-            self.layer3, inplanes = make_layer(block, inplanes, 256, layers[2], 2, "B")
-            self.layer4, inplanes = make_layer(block, inplanes, 512, layers[3], 2, "B")
+            self.layer1, inplanes = make_layer(block, inplanes, 64, layers[0], 1, "B", **kw)
+            self.layer2, inplanes = make_layer(block, inplanes, 128, layers[1], 2, "B", **kw)
+            self.layer3, inplanes = make_layer(block, inplanes, 256, layers[2], 2, "B", **kw)
+            self.layer4, inplanes = make_layer(block, inplanes, 512, layers[3], 2, "B", **kw)
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.fc = nn.Linear(512 * block.expansion, num_classes)
 
@@ -171,17 +172,17 @@ def torch_refs(torch):
 
     class CifarResNet(nn.Module):  # He et al. 2015 section 4.2; preact: 2016
         def __init__(self, block, n, option, widths=(16, 32, 64), stem=None, num_classes=10,
-                     in_channels=3, preact=False):
-            super().__init__()
+                     in_channels=3, preact=False, **kw):
+            super().__init__()   # kw: groups, base_width for ResNeXt-29
             stem = widths[0] if stem is None else stem
             self.preact = preact
             self.conv1 = conv3x3(in_channels, stem)
             if not preact:
                 self.bn1 = nn.BatchNorm2d(stem)
             inplanes = stem
-            self.layer1, inplanes = make_layer(block, inplanes, widths[0], n, 1, option)
-            self.layer2, inplanes = make_layer(block, inplanes, widths[1], n, 2, option)
-            self.layer3, inplanes = make_layer(block, inplanes, widths[2], n, 2, option)
+            self.layer1, inplanes = make_layer(block, inplanes, widths[0], n, 1, option, **kw)
+            self.layer2, inplanes = make_layer(block, inplanes, widths[1], n, 2, option, **kw)
+            self.layer3, inplanes = make_layer(block, inplanes, widths[2], n, 2, option, **kw)
             if preact:
                 self.final_bn = nn.BatchNorm2d(inplanes)
             self.fc = nn.Linear(inplanes, num_classes)
@@ -430,3 +431,39 @@ def test_blocks_run_under_array_api_strict(case):
     assert rel(out, out_ref) < 1e-12 and rel(dx, dx_ref) < 1e-12
     for (name, p), q in zip(strict_block.named_parameters(), block.parameters(), strict=True):
         assert rel(p.grad, q.grad) < 1e-12, name
+
+
+# ---- ResNeXt and wide bottlenecks (Bottleneck with groups and base_width) ------------
+
+# (in_planes, planes, stride, groups, base_width): width int(planes * base_width / 64) * groups
+RESNEXT_CASES = [(8, 4, 1, 4, 32), (4, 4, 2, 4, 32), (16, 4, 1, 2, 128), (8, 2, 2, 8, 64)]
+RESNEXT_IDS = [f"{i}to{4 * p}-s{s}-{g}x{d}d" for i, p, s, g, d in RESNEXT_CASES]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("case", RESNEXT_CASES, ids=RESNEXT_IDS)
+def test_resnext_block_gradcheck_and_torch(case, mode):
+    in_planes, planes, stride, groups, base_width = case
+    rng = np.random.default_rng(8)
+    init.manual_seed(8)
+    block = Bottleneck(in_planes, planes, stride, dtype="float64", groups=groups,
+                       base_width=base_width)
+    assert block.width == planes * base_width // 64 * groups == block.conv2.out_channels
+    assert block.conv2.groups == groups and block.conv1.groups == block.conv3.groups == 1
+    randomize_bn(block, rng, running=True)
+    block.train(mode == "train")
+    check_module(block, rng.standard_normal((2, in_planes, 5, 5)), seed=2).assert_ok(1e-6)
+    torch = torch_or_skip()
+    ref = torch_refs(torch)["Bottleneck"](in_planes, planes, stride, "B", groups, base_width)
+    errors = compare_with_torch(torch, block, ref, rng.standard_normal((3, in_planes, 7, 6)))
+    assert max(errors.values()) < 1e-9, errors
+
+
+def test_resnext_block_layout_and_repr():
+    b = Bottleneck(256, 128, 2, groups=32, base_width=4)       # ResNeXt-50 layer2.0
+    assert (b.width, tuple(b.conv2.weight.shape)) == (256, (256, 8, 3, 3))
+    assert b.out_planes == 512 and "width=256, groups=32" in b.extra_repr()
+    assert "groups" not in Bottleneck(256, 64).extra_repr()
+    assert Bottleneck(64, 64, base_width=128).width == 128     # wide_resnet50_2 layer1
+    with pytest.raises(ValueError, match=r"Bottleneck: planes \* base_width / 64 = 2 \* 16"):
+        Bottleneck(8, 2, groups=4, base_width=16)

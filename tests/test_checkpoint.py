@@ -273,12 +273,61 @@ save_checkpoint({str(path)!r}, model_state={{"w": np.ones((100, 100))}} | dict(
     root = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
-                            env=env, cwd=tmp_path)
-    assert result.returncode == 3, result.stderr.decode()
+    for _ in range(2):  # killed twice: two temporary files are left behind
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                                env=env, cwd=tmp_path)
+        assert result.returncode == 3, result.stderr.decode()
     assert load_checkpoint(path)["epoch"] == 1
     leftovers = [n for n in os.listdir(tmp_path) if n != "ckpt.npz"]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".ckpt.npz.")
+    assert len(leftovers) == 2 and all(n.startswith(".ckpt.npz.") for n in leftovers)
+    # the next save of the same target removes them (their processes are gone)
+    save_checkpoint(path, model_state=model_state(2), epoch=3)
+    assert os.listdir(tmp_path) == ["ckpt.npz"] and load_checkpoint(path)["epoch"] == 3
+
+
+def test_only_stale_temporaries_are_removed(tmp_path):
+    """Stale: a dead writer's file, or an old one in mkstemp's naming (earlier
+    minires). Kept: a running writer's, a recent mkstemp-named one, other targets'."""
+    from minires.atomic import LEGACY_STALE_AFTER_S
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(proc.stdout)  # exited and reaped
+    names = {
+        f".ckpt.npz.{dead}.0badf00d.tmp": False,
+        ".ckpt.npz.k3x_9qa1.tmp": False,       # legacy, backdated below
+        f".ckpt.npz.{os.getpid()}.12345678.tmp": True,  # this process: maybe writing now
+        f".ckpt.npz.{os.getppid()}.12345678.tmp": True,  # a running process
+        ".ckpt.npz.fresh123.tmp": True,        # legacy, but recent
+        f".other.npz.{dead}.0badf00d.tmp": True,
+        "ckpt.npz.notes": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    old = os.path.getmtime(tmp_path / ".ckpt.npz.k3x_9qa1.tmp") - LEGACY_STALE_AFTER_S - 5
+    os.utime(tmp_path / ".ckpt.npz.k3x_9qa1.tmp", (old, old))
+    save_checkpoint(tmp_path / "ckpt.npz", model_state=model_state(0))
+    kept = {name for name, keep in names.items() if keep}
+    assert set(os.listdir(tmp_path)) == kept | {"ckpt.npz"}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Like open(): mode 0666 less the umask (mkstemp would give 0600 always)."""
+    from minires.plot import plot_history
+    from minires.train import write_metrics
+
+    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}]
+    before = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "ckpt.npz", model_state=model_state(0))
+        checkpoint.save_state_dict(tmp_path / "w.npz", model_state(0))
+        write_metrics(history, tmp_path)
+        plot_history(history, tmp_path / "curves.png")
+    finally:
+        os.umask(before)
+    for name in ("ckpt.npz", "w.npz", "metrics.json", "metrics.csv", "curves.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 # --- damaged, foreign and tampered files ----------------------------------------------------
@@ -375,6 +424,36 @@ def test_foreign_files_are_refused(tmp_path):
     text.write_text("hello, not a checkpoint")
     with pytest.raises(CheckpointError, match="notes.npz"):
         checkpoint.load_state_dict_file(text)
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"epoch,loss\n1,0.5\n", "a text file"),
+    ("caf\u00e9 ".encode() * 1000, "a text file"),  # a character cut at the 4096th byte
+    (b"", "an empty file"),
+    (b"\x80\x04\x95\x05\x00", "a Python pickle (which minires never loads)"),
+    (b"\x00\x01\xff\xfe" * 8, "a file in an unknown format"),
+], ids=["text", "long-utf8-text", "empty", "pickle", "binary"])
+def test_a_file_that_is_not_an_archive_is_named_for_what_it_is(tmp_path, content, kind):
+    """Not NumPy's advice to load it with allow_pickle (np.load tries pickle on
+    anything that is not a zip or .npy file)."""
+    path = tmp_path / "run.npz"
+    path.write_bytes(content)
+    for load in (load_checkpoint, checkpoint.load_state_dict_file):
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        assert str(err.value).startswith(f"{path}: not a minires checkpoint: this is {kind}, "
+                                         "not an .npz archive")
+        assert "pickle=" not in str(err.value) and "pickle.load" not in str(err.value)
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_an_object_array_is_refused_without_numpys_advice(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, a=np.array([1, "x"], dtype=object))
+    with pytest.raises(CheckpointError, match="holds Python objects") as err:
+        load_checkpoint(path)
+    assert "allow_pickle" not in str(err.value)
 
 
 _unpickled = []

@@ -335,3 +335,168 @@ def test_backward_rejects_dout_of_the_wrong_shape(forward, backward):
     with pytest.raises(ValueError, match=rf"{backward.__name__}: expected dout of the output's "
                                          r"shape \(2, 4, 5, 5\), got \(2, 4, 5, 4\)"):
         backward(np.zeros((2, 4, 5, 4)), cache)
+
+
+# ---- grouped convolution -------------------------------------------------------
+
+
+@dataclass
+class GroupedCase(Case):
+    groups: int = 1
+
+    def args(self):
+        return (self.x, self.w, self.b, self.stride, self.padding, self.groups)
+
+
+@st.composite
+def grouped_conv_cases(draw, dtype=np.float64) -> GroupedCase:
+    """Convolutions with groups: G in 1..4 groups of 1..3 input and 1..3
+    output channels each, or depthwise (G = C_in, a channel multiplier of 1 or 2)."""
+    if draw(st.booleans()):
+        groups = draw(st.integers(1, 4))
+        c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    else:
+        groups = c_in = draw(st.integers(1, 6))
+        c_out = c_in * draw(st.integers(1, 2))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
+    bias = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return GroupedCase(
+        x=rng.standard_normal((n, c_in, h, w)).astype(dtype),
+        w=rng.standard_normal((c_out, c_in // groups, kh, kw)).astype(dtype),
+        b=rng.standard_normal(c_out).astype(dtype) if bias else None,
+        stride=_int_or_pair(sh, sw), padding=_int_or_pair(ph, pw),
+        dout=rng.standard_normal((n, c_out, oh, ow)).astype(dtype), groups=groups)
+
+
+def _torch_conv(case: GroupedCase):
+    """out, dx, dw, db of torch.nn.functional.conv2d(..., groups=) in float64."""
+    torch = torch_or_skip()
+    x = torch.tensor(case.x, requires_grad=True)
+    w = torch.tensor(case.w, requires_grad=True)
+    b = torch.tensor(case.b, requires_grad=True) if case.b is not None else None
+    out = torch.nn.functional.conv2d(x, w, b, stride=case.stride, padding=case.padding,
+                                     groups=case.groups)
+    out.backward(torch.tensor(case.dout))
+    return out, x.grad, w.grad, (b.grad if b is not None else None)
+
+
+@given(grouped_conv_cases())
+def test_grouped_conv_gradcheck(case):
+    report = check_op(F.conv2d_forward, F.conv2d_backward, case.x, case.w, case.b,
+                      stride=case.stride, padding=case.padding, groups=case.groups)
+    report.assert_ok(1e-6)
+
+
+@given(grouped_conv_cases())
+def test_grouped_conv_equals_naive_loops(case):
+    _assert_close(_im2col_conv(case), _naive(case), 1e-12)
+
+
+@pytest.mark.torch
+@given(grouped_conv_cases())
+def test_grouped_conv_matches_torch(case):
+    _assert_close(_im2col_conv(case), _torch_conv(case), 1e-10)
+
+
+def _grouped_case(rng, n, c_in, c_out, groups, size, kernel, stride, padding, bias=True):
+    oh = (size + 2 * padding - kernel) // stride + 1
+    return GroupedCase(rng.standard_normal((n, c_in, size, size)),
+                       rng.standard_normal((c_out, c_in // groups, kernel, kernel)),
+                       rng.standard_normal(c_out) if bias else None, stride, padding,
+                       rng.standard_normal((n, c_out, oh, oh)), groups)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("n, c_in, c_out, groups, size, kernel, stride, padding", [
+    (2, 128, 128, 32, 6, 3, 1, 1),     # ResNeXt's 32x4d 3x3 conv (layer1)
+    (2, 256, 256, 32, 7, 3, 2, 1),     # cardinality 32 with stride 2 (layer2's first block)
+    (2, 16, 16, 16, 7, 3, 1, 1),       # depthwise
+    (3, 8, 16, 8, 9, 5, 2, 2),         # depthwise with a channel multiplier of 2
+    (2, 64, 64, 8, 5, 3, 2, 1),        # ResNeXt-29 8x64d's cardinality
+])
+def test_grouped_conv_matches_torch_on_resnext_shapes(rng, n, c_in, c_out, groups, size,
+                                                      kernel, stride, padding):
+    case = _grouped_case(rng, n, c_in, c_out, groups, size, kernel, stride, padding)
+    _assert_close(_im2col_conv(case), _torch_conv(case), 1e-10)
+
+
+def test_groups_one_is_the_ordinary_convolution(rng):
+    """groups=1 is today's convolution, to the last bit (the fast path)."""
+    case = _grouped_case(rng, 2, 4, 6, 1, 7, 3, 2, 1)
+    plain = Case(case.x, case.w, case.b, case.stride, case.padding, case.dout)
+    for a, b in zip(_im2col_conv(case), _im2col_conv(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_grouped_conv_is_the_groups_convolved_separately(rng):
+    """Group g's output channels are the plain convolution of group g's inputs."""
+    case = _grouped_case(rng, 2, 6, 9, 3, 6, 3, 1, 1)
+    out, cache = F.conv2d_forward(*case.args())
+    dx, dw, db = F.conv2d_backward(case.dout, cache)
+    for g in range(3):
+        i, o = slice(2 * g, 2 * g + 2), slice(3 * g, 3 * g + 3)
+        part = Case(case.x[:, i], case.w[o], case.b[o], 1, 1, case.dout[:, o])
+        _assert_close((out[:, o], dx[:, i], dw[o], db[o]), _im2col_conv(part), 1e-13)
+
+
+@pytest.mark.parametrize("groups, shape", [(2, (2, 4, 7, 6)), (3, (1, 3, 5, 5))])
+def test_grouped_conv_under_array_api_strict(rng, groups, shape):
+    c = shape[1]
+    w = rng.standard_normal((2 * groups, c // groups, 3, 2))
+    b = rng.standard_normal(2 * groups)
+    x = rng.standard_normal(shape)
+    out, cache = F.conv2d_forward(x, w, b, (2, 1), 1, groups)
+    dout = rng.standard_normal(out.shape)
+    want = (out, *F.conv2d_backward(dout, cache))
+    out_s, cache_s = F.conv2d_forward(strict(x), strict(w), strict(b), (2, 1), 1, groups)
+    got = (out_s, *F.conv2d_backward(strict(dout), cache_s))
+    for a in got:
+        assert type(a).__module__.startswith("array_api_strict")
+    _assert_close(got, want, 1e-14)
+    out_s, cache_s = F.conv2d_forward_naive(strict(x), strict(w), strict(b), (2, 1), 1, groups)
+    _assert_close((out_s, *F.conv2d_backward_naive(strict(dout), cache_s)), want, 1e-12)
+
+
+def test_grouped_conv_skips_what_is_not_needed_and_keeps_dout(rng):
+    case = _grouped_case(rng, 2, 4, 4, 2, 5, 3, 1, 1)
+    keep = case.dout.copy()
+    out, cache = F.conv2d_forward(*case.args())
+    dx, dw, db = F.conv2d_backward(case.dout, cache, need_param_grads=False)
+    assert dw is None and db is None and rel(dx, _im2col_conv(case)[1]) == 0.0
+    out, cache = F.conv2d_forward(*case.args())
+    dx, dw, db = F.conv2d_backward(case.dout, cache, need_input_grad=False)
+    assert dx is None and rel(dw, _im2col_conv(case)[2]) == 0.0
+    np.testing.assert_array_equal(case.dout, keep)
+
+
+def test_grouped_conv_float32_in_float32_out(rng):
+    case = _grouped_case(rng, 2, 4, 6, 2, 5, 3, 2, 1)
+    f32 = GroupedCase(*(a.astype(np.float32) for a in (case.x, case.w, case.b)), case.stride,
+                      case.padding, case.dout.astype(np.float32), case.groups)
+    for results in (_im2col_conv(f32), _naive(f32)):
+        assert [a.dtype for a in results] == [np.float32] * 4
+    assert rel(_im2col_conv(f32)[0], _im2col_conv(case)[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups, match", [
+    ((2, 4, 5, 5), (4, 4, 3, 3), 0, r"expected groups >= 1, got 0"),
+    ((2, 4, 5, 5), (4, 4, 3, 3), -2, r"expected groups >= 1, got -2"),
+    ((2, 6, 5, 5), (4, 2, 3, 3), 4, r"expected C_in = 6 and C_out = 4 both divisible by "
+                                    r"groups = 4"),
+    ((2, 6, 5, 5), (3, 3, 3, 3), 2, r"expected C_in = 6 and C_out = 3 both divisible by "
+                                    r"groups = 2"),
+    ((2, 6, 5, 5), (4, 6, 3, 3), 2, r"expected w with C_in / groups = 3 channels like x "
+                                    r"\(2, 6, 5, 5\), got w \(4, 6, 3, 3\)"),
+    ((2, 4, 5, 5), (4, 2, 3, 3), 2.0, r"expected groups to be an int, got 2.0"),
+    ((2, 4, 5, 5), (4, 4, 3, 3), True, r"expected groups to be an int, got True"),
+])
+@pytest.mark.parametrize("forward", [F.conv2d_forward, F.conv2d_forward_naive])
+def test_bad_groups_raise_value_error(forward, x_shape, w_shape, groups, match):
+    with pytest.raises(ValueError, match=rf"{forward.__name__}: {match}"):
+        forward(np.zeros(x_shape), np.zeros(w_shape), None, 1, 1, groups)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import sys
 import tarfile
 import urllib.error
@@ -26,6 +27,7 @@ from minires.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
     CifarError,
+    CifarNotFound,
     Compose,
     DataLoader,
     Normalize,
@@ -177,6 +179,18 @@ def test_data_root_prefers_argument_then_environment(monkeypatch, tmp_path):
     assert data_root().is_absolute()
 
 
+def test_data_root_is_the_user_cache_even_in_a_source_checkout(monkeypatch, tmp_path):
+    """One rule for installed, editable and source copies (these tests run from a
+    source checkout, where the folder used to be the repository's data/)."""
+    monkeypatch.delenv("MINIRES_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_root() == tmp_path / "xdg" / "minires"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_root() == tmp_path / "home" / ".cache" / "minires"
+    assert load_digits("test")[0].shape == (359, 1, 8, 8)  # bundled data: from the package
+
+
 # --------------------------------------------------------------------------
 # CIFAR-10 from small archives in the official format
 # --------------------------------------------------------------------------
@@ -318,6 +332,117 @@ def test_cifar_download_with_wrong_checksum_leaves_nothing(tmp_path, monkeypatch
         load_cifar10("test", root=tmp_path, download=True, md5=hashlib.md5(archive).hexdigest())
     assert str(tmp_path / "cifar-10-binary.tar.gz") in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server (127.0.0.1) serving ``serve[path] = (body, how)``:
+    how is "whole" (Content-Length, every byte), "short" (Content-Length,
+    then the connection closes at half the body) or "chunked-drop" (chunked
+    transfer, closed in the middle of a chunk)."""
+    import http.server
+    import threading
+
+    serve: dict[str, tuple[bytes, str]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body, how = serve[self.path]
+            self.close_connection = True
+            self.send_response(200)
+            if how == "chunked-drop":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                half = len(body) // 2
+                self.wfile.write(b"%x\r\n" % half + body[:half] + b"\r\n")
+                self.wfile.write(b"%x\r\n" % (len(body) - half) + body[half : half + 10])
+            else:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body if how == "whole" else body[: len(body) // 2])
+            self.wfile.flush()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield serve, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_cifar_download_over_http_with_a_progress_bar(tmp_path, http_server, capsys):
+    serve, base = http_server
+    members, truth = _members(n=2)
+    archive = _tar_bytes(members)
+    serve["/cifar.tar.gz"] = (archive, "whole")
+    x, y = load_cifar10("test", root=tmp_path, download=True, md5=hashlib.md5(archive).hexdigest(),
+                        url=base + "/cifar.tar.gz", dtype="uint8", progress=True)
+    np.testing.assert_array_equal(x, truth["test_batch.bin"][0])
+    assert "downloading cifar-10-binary.tar.gz" in capsys.readouterr().err  # the bar
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BIN, "cifar-10-binary.tar.gz"]
+
+
+@pytest.mark.parametrize("how", ["chunked-drop", "short"])
+def test_cifar_download_cut_off_midway_is_a_cifar_error(tmp_path, http_server, how):
+    """Not a bare http.client.IncompleteRead; the .part file is removed."""
+    serve, base = http_server
+    archive = _tar_bytes(_members(n=2)[0])
+    serve["/cifar.tar.gz"] = (archive, how)
+    with pytest.raises(CifarError) as err:
+        load_cifar10("test", root=tmp_path, download=True, md5=hashlib.md5(archive).hexdigest(),
+                     url=base + "/cifar.tar.gz")
+    msg = str(err.value)
+    assert "was cut off after" in msg and "the partial file was deleted" in msg
+    assert str(tmp_path / "cifar-10-binary.tar.gz") in msg and CIFAR10_URL in msg  # by hand
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_downloads_cifar10_and_prints_the_data_folder(tmp_path, http_server, capsys,
+                                                          monkeypatch):
+    from functools import partial
+
+    import minires.data
+    from minires import cli
+
+    serve, base = http_server
+    archive = _tar_bytes(_members(n=8)[0])
+    serve["/cifar.tar.gz"] = (archive, "whole")
+    monkeypatch.setattr(minires.data, "load_cifar10", partial(
+        load_cifar10, md5=hashlib.md5(archive).hexdigest(), url=base + "/cifar.tar.gz"))
+    monkeypatch.setenv("MINIRES_DATA", str(tmp_path / "data"))
+    argv = ["train", "--dataset", "cifar10", "--model", "resnet8", "--epochs", "1",
+            "--batch-size", "20", "--quiet", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"minires train: error: CIFAR-10 is not in the data folder "
+                          f"{tmp_path / 'data'} ($MINIRES_DATA, else ~/.cache/minires): add "
+                          "--download to fetch it")
+    assert "download=True" not in err and len(err.splitlines()) == 1
+    assert cli.main([*argv, "--download"]) == 0
+    out = capsys.readouterr().out
+    assert f"resnet8 (75,290 parameters) on cifar10 (from {tmp_path / 'data'}): 40 train / " \
+           "8 test images" in out
+    assert (tmp_path / "data" / "cifar-10-binary.tar.gz").read_bytes() == archive
+
+
+def test_cifar_batch_deleted_after_extraction_is_extracted_again(tmp_path):
+    members, truth = _members(n=2)
+    md5 = _write(tmp_path, _tar_bytes(members))
+    load_cifar10("test", root=tmp_path, md5=md5)
+    (tmp_path / BIN / "data_batch_3.bin").unlink()
+    x, y = load_cifar10("train", root=tmp_path, md5=md5, dtype="uint8")
+    np.testing.assert_array_equal(y, np.concatenate([truth[b][1] for b in BATCHES[:5]]))
+    assert (tmp_path / BIN / "data_batch_3.bin").is_file()
+    # without the archive there is nothing to extract it from: CIFAR-10 is missing
+    (tmp_path / "cifar-10-binary.tar.gz").unlink()
+    (tmp_path / BIN / "test_batch.bin").unlink()
+    with pytest.raises(CifarNotFound, match="download=True"):
+        load_cifar10("test", root=tmp_path, md5=md5)
 
 
 def test_cifar_corrupted_archive_fails_the_checksum(tmp_path):
@@ -466,6 +591,19 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path, mode="CMYK")
 
 
+@pytest.mark.parametrize("content", ["garbage", "truncated"])
+def test_image_folder_names_a_file_that_is_not_an_image(tmp_path, content):
+    Image = _image_tree(tmp_path)
+    broken = tmp_path / "cat" / "broken.png"
+    if content == "garbage":
+        broken.write_bytes(b"this is not a png")
+    else:  # a real PNG cut short: the header reads, the pixels do not
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(broken)
+        broken.write_bytes(broken.read_bytes()[:60])
+    with pytest.raises(ValueError, match=f"{re.escape(str(broken))} is not a readable image"):
+        load_image_folder(tmp_path)
+
+
 def test_image_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # makes `import PIL` fail
     with pytest.raises(ImportError, match=r"pip install minires\[images\]"):
@@ -486,7 +624,7 @@ def _epoch(loader):
     return [(host(x), host(y)) for x, y in loader]
 
 
-@pytest.mark.parametrize(("n", "bs", "drop", "sizes"), [(10, 4, False, [4, 4, 2]), (10, 4, True, [4, 4]), (8, 4, True, [4, 4]), (3, 4, True, []), (3, 5, False, [3])])
+@pytest.mark.parametrize(("n", "bs", "drop", "sizes"), [(10, 4, False, [4, 4, 2]), (10, 4, True, [4, 4]), (8, 4, True, [4, 4]), (3, 5, False, [3]), (3, 3, True, [3])])
 def test_loader_batching_and_drop_last(n, bs, drop, sizes):
     x, y = _toy(n)
     loader = DataLoader(x, y, bs, drop_last=drop)
@@ -498,6 +636,23 @@ def test_loader_batching_and_drop_last(n, bs, drop, sizes):
         np.testing.assert_array_equal(ys, y[: len(ys)])
         np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x[: len(ys)])
     assert all(b[1].dtype == np.int64 for b in batches)
+
+
+def test_loader_refuses_lists_non_integer_batch_sizes_and_empty_epochs():
+    x, y = _toy(3)
+    with pytest.raises(TypeError, match=r"images must be an array .*got a list.*np\.asarray"):
+        DataLoader(x.tolist(), y, 2)
+    with pytest.raises(TypeError, match="labels must be an array .*got a list"):
+        DataLoader(x, y.tolist(), 2)
+    for bad in (2.5, 2.0, "2", True):
+        with pytest.raises(TypeError, match="batch_size must be an integer"):
+            DataLoader(x, y, bad)
+    assert len(DataLoader(x, y, np.int64(2))) == 2  # NumPy integers are integers
+    # an epoch without batches would be recorded as loss 0.0: refused
+    with pytest.raises(ValueError, match=r"drop_last=True with batch_size 4 > 3 images"):
+        DataLoader(x, y, 4, drop_last=True)
+    with pytest.raises(ValueError, match="empty"):
+        DataLoader(x[:0], y[:0], 4)
 
 
 def test_loader_shuffle_is_seeded_and_differs_per_epoch():

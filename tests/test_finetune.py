@@ -11,6 +11,7 @@ from minires.data import DataLoader, Normalize, load_digits
 from minires.finetune import (
     finetune_param_groups,
     freeze,
+    input_channels,
     load_pretrained,
     read_weights,
     replace_head,
@@ -215,3 +216,12 @@ def test_param_groups_leave_out_frozen_parameters():
     groups = finetune_param_groups(model, lr=0.05, backbone_lr=0.005, weight_decay=1e-4)
     assert len(groups) == 1 and groups[0]["params"] == [model.fc.weight, model.fc.bias]
     assert groups[0]["weight_decay"] == 1e-4
+
+
+def test_input_channels_of_the_first_convolution():
+    assert input_channels(resnet8().state_dict()) == 1
+    assert input_channels(get_model("resnet18").state_dict()) == 3
+    other = {"head.bias": np.zeros(2), "stem.weight": np.zeros((4, 6, 3, 3)),
+             "later.weight": np.zeros((4, 4, 3, 3))}
+    assert input_channels(other) == 6  # no conv1: the first 4-D weight
+    assert input_channels({"fc.weight": np.zeros((2, 3))}) is None

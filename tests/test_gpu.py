@@ -9,6 +9,7 @@ On a GPU, in float64, CuPy must give NumPy's numbers for:
   images), in the inputs' own memory layout, leaving ``dout`` untouched;
   ``im2col``/``col2im`` (engine and reference), the running-statistics update,
   ``softmax``/``log_softmax`` and the slow reference loops too;
+- the grouped convolution (groups > 1, depthwise);
 - every block type (train and eval mode: output, input gradient, every
   parameter gradient and the running statistics);
 - one small model of each builder, the ImageNet layout included;
@@ -40,6 +41,7 @@ from minires.models import (
     preact_resnet_cifar,
     resnet18,
     resnet_cifar,
+    resnext_cifar,
     wide_resnet_cifar,
 )
 from minires.nn import blocks
@@ -118,6 +120,11 @@ def _ops(rng):
                               {"stride": 2, "padding": 3}),
         "conv stride (2, 1) padding (0, 1)":
             (*conv_, (x, w, None), {"stride": (2, 1), "padding": (0, 1)}),
+        # groups > 1: the reference path (im2col, batched matmul, col2im)
+        "conv grouped": (*conv_, (x16, rng.standard_normal((6, 2, 3, 3)), None),
+                         {"stride": 2, "padding": 1, "groups": 2}),
+        "conv depthwise": (*conv_, (x16, rng.standard_normal((4, 1, 3, 3)), None),
+                           {"padding": 1, "groups": 4}),
         "conv naive": (F.conv2d_forward_naive, F.conv2d_backward_naive,
                        (x[:1, :, :4, :4], rng.standard_normal((2, 3, 2, 2)), b[:2]),
                        {"stride": 2, "padding": 1}),
@@ -279,6 +286,7 @@ BLOCKS = {
     "preact": lambda: blocks.PreActBlock(4, 8, stride=2, dtype="float64"),
     "preact identity": lambda: blocks.PreActBlock(4, 4, stride=1, dtype="float64"),
     "preact bottleneck": lambda: blocks.PreActBottleneck(8, 2, stride=2, dtype="float64"),
+    "resnext bottleneck": lambda: blocks.Bottleneck(8, 2, stride=2, dtype="float64", groups=2),
 }
 
 MODELS = {
@@ -289,6 +297,7 @@ MODELS = {
     "preact_resnet_cifar": lambda: preact_resnet_cifar(8, dtype="float64"),
     "preact_resnet_cifar bottleneck": lambda: preact_resnet_cifar(11, dtype="float64"),
     "wide_resnet_cifar": lambda: wide_resnet_cifar(10, 1, dtype="float64"),
+    "resnext_cifar": lambda: resnext_cifar(11, 2, 32, widths=(4, 8, 8), dtype="float64"),
     "resnet18 cifar stem": lambda: resnet18(num_classes=5, stem="cifar", dtype="float64"),
     # the ImageNet layout (7x7 stride-2 stem, max pool) on a 32x32 input
     "resnet18 imagenet stem": lambda: resnet18(num_classes=5, dtype="float64"),

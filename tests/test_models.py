@@ -25,6 +25,14 @@ PAPER_CIFAR = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_96
                1202: 19_421_274}
 TORCHVISION = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
                "resnet101": 44_549_160, "resnet152": 60_192_808}
+# torchvision's ResNeXt and wide ResNets: (count, layers, groups, width_per_group)
+TORCHVISION_GROUPED = {
+    "resnext50_32x4d": (25_028_904, (3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": (88_791_336, (3, 4, 23, 3), 32, 8),
+    "resnext101_64x4d": (83_455_272, (3, 4, 23, 3), 64, 4),
+    "wide_resnet50_2": (68_883_240, (3, 4, 6, 3), 1, 128),
+    "wide_resnet101_2": (126_886_696, (3, 4, 23, 3), 1, 128),
+}
 
 
 # ---- parameter counts ----------------------------------------------------------
@@ -381,3 +389,111 @@ def test_backward_without_input_grad_gives_the_same_parameter_grads(monkeypatch)
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         np.testing.assert_array_equal(grads[0][k], grads[1][k], err_msg=k)
+
+
+# ---- ResNeXt and the wide ImageNet ResNets ---------------------------------------
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_GROUPED))
+def test_resnext_and_wide_parameter_counts_and_keys_equal_torchvision(name):
+    """Counts, and state-dict keys in order with their shapes, against the
+    torchvision layout built on torch's meta device (no memory, no init)."""
+    count, layers, groups, width = TORCHVISION_GROUPED[name]
+    ours = models.get_model(name)
+    assert ours.arch == name and ours.num_parameters() == count
+    assert all(b.conv2.groups == groups for _, b in ours.blocks())
+    torch = torch_or_skip()
+    refs = torch_refs(torch)
+    with torch.device("meta"):
+        ref = refs["ResNet"](refs["Bottleneck"], layers, groups=groups, base_width=width)
+    theirs = ref.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.items()]
+    assert [k for k, _ in ours.named_parameters()] == [k for k, _ in ref.named_parameters()]
+    assert sum(p.numel() for p in ref.parameters()) == count
+
+
+def test_resnext29_parameter_counts_near_the_paper():
+    """Xie et al. 2017, Table 7: ResNeXt-29 8x64d 34.4M, 16x64d 68.1M."""
+    for name, count, paper in (("resnext29_8x64d", 34_426_698, 34.4e6),
+                               ("resnext29_16x64d", 68_155_210, 68.1e6)):
+        m = models.get_model(name)
+        assert m.num_parameters() == count
+        assert abs(count - paper) / paper < 0.001
+        assert [b.width for _, b in m.blocks()][::3] == [512, 1024, 2048] if "8x" in name \
+            else [1024, 2048, 4096]
+        assert [b.out_planes for _, b in m.blocks()][::3] == [256, 512, 1024]
+        assert [b.stride for _, b in m.blocks()] == [1, 1, 1, 2, 1, 1, 2, 1, 1]
+        assert [n for n, _ in m.named_children()] == [
+            "conv1", "bn1", "relu", "layer1", "layer2", "layer3", "avgpool", "fc"]
+        assert m.conv1.kernel_size == (3, 3) and m.conv1.out_channels == 64
+        # a projection where the shape changes (the first block of each stage), else identity
+        assert [b.downsample is not None for _, b in m.blocks()] == [True, False, False] * 3
+
+
+def test_resnext_names():
+    assert {"resnext29_8x64d", "resnext29_16x64d", "resnext29_digits", "resnext50_32x4d",
+            "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+            "wide_resnet101_2"} <= set(models.available_models())
+    m = models.get_model("ResNeXt-29_4x16d", in_channels=1, num_classes=7,
+                         widths=(16, 32, 64))
+    assert m.arch == "resnext29_4x16d" and m.fc.out_features == 7
+    assert [b.conv2.groups for _, b in m.blocks()] == [4] * 9
+    assert models.get_model("resnext101_8x4d_cifar").arch == "resnext101_8x4d"
+    assert len(models.get_model("resnext101_8x4d_cifar").blocks()) == 33
+    digits = models.get_model("resnext29_digits")
+    assert digits.arch == "resnext29_digits" and digits.conv1.in_channels == 3
+    assert [b.width for _, b in digits.blocks()][::3] == [16, 32, 64]
+    assert all(not host(b.bn3.weight.data).any() for _, b in digits.blocks())
+    with pytest.raises(ValueError, match=r"resnext_cifar: depth must have the form 9n\+2"):
+        models.get_model("resnext30_8x64d")
+    with pytest.raises(ValueError, match=r"resnext_cifar: cardinality must be a positive"):
+        models.resnext_cifar(29, 0, 64)
+
+
+def test_small_resnext_gradcheck():
+    init.manual_seed(1)
+    rng = np.random.default_rng(1)
+    m = models.resnext_cifar(11, 2, 32, widths=(4, 8, 16))   # bottlenecks 4, 8, 16 wide, 2 groups
+    for b in m.modules():
+        if isinstance(b, BatchNorm2d):
+            b.weight.data = backend.asarray(rng.uniform(0.5, 1.5, b.num_features),
+                                            dtype="float32")
+    check_module(m, rng.standard_normal((2, 3, 6, 6)), num_samples=8).assert_ok(1e-6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_resnext29_matches_torch(mode):
+    torch = torch_or_skip()
+    refs = torch_refs(torch)
+    init.manual_seed(2)
+    ours = models.resnext_cifar(29, 4, 16, widths=(8, 16, 32), num_classes=5)
+    ours.train(mode == "train")
+    if mode == "eval":
+        rng = np.random.default_rng(2)
+        for b in ours.modules():
+            if isinstance(b, BatchNorm2d):
+                b.running_mean = backend.asarray(rng.normal(0, 0.3, b.num_features))
+                b.running_var = backend.asarray(rng.uniform(0.5, 2, b.num_features))
+    ref = refs["CifarResNet"](refs["Bottleneck"], 3, "B", widths=(8, 16, 32), num_classes=5,
+                              groups=4, base_width=16)
+    x = np.random.default_rng(5).standard_normal((2, 3, 16, 16))
+    errors = compare_with_torch(torch, ours, ref, x)
+    assert max(errors.values()) < 1e-9, errors
+
+
+@pytest.mark.torch
+def test_resnext50_32x4d_matches_torch():
+    """The whole ResNeXt-50 32x4d, forward and backward in training mode,
+    against the same layout in PyTorch on the same weights (float64)."""
+    torch = torch_or_skip()
+    refs = torch_refs(torch)
+    init.manual_seed(4)
+    ours = models.resnext50_32x4d(num_classes=10)
+    ref = refs["ResNet"](refs["Bottleneck"], (3, 4, 6, 3), num_classes=10, groups=32,
+                         base_width=4)
+    # 64x64, as for resnet50: layer4 still sees 2x2 maps
+    x = np.random.default_rng(6).standard_normal((2, 3, 64, 64))
+    errors = compare_with_torch(torch, ours, ref, x)
+    assert max(errors.values()) < 1e-9, errors

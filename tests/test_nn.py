@@ -65,6 +65,43 @@ def test_parameters_are_float32_by_default_and_to_casts():
     assert bn.num_batches_tracked.dtype == np.int64
 
 
+def test_numel_and_to_with_a_device_first():
+    # issue 14, item 21
+    net = small_net()
+    assert net[0].weight.numel() == 4 * 3 * 3 * 3
+    assert sum(p.numel() for p in net.parameters()) == net.num_parameters()
+    assert nn.Parameter(np.float32(2.0)).numel() == 1
+    assert net.to("cpu") is net and net.to(device="cpu") is net and net.to("CPU") is net
+    assert all(type(p.data) is np.ndarray for p in net.parameters())
+    net.to("float64")                                       # a dtype first, as before
+    assert net[0].weight.dtype == np.float64
+    net.to(dtype="float32", device="cpu")
+    assert net[0].weight.dtype == np.float32
+    net.to("array_api_strict")
+    assert "array_api_strict" in type(net[0].weight.data).__module__
+    net.to("cpu")
+    assert type(net[0].weight.data) is np.ndarray
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        net.to(device="tpu")
+    with pytest.raises(ValueError, match="two devices"):
+        net.to("cpu", device="cuda")
+
+
+def test_print_model_shows_each_convolutions_kernel_stride_and_padding():
+    # issue 14, item 18: the 3x3 stride-2 conv and the 1x1 projection differ
+    from minires.models import get_model
+
+    text = repr(get_model("resnet20", shortcut="B"))
+    assert "(conv1): Conv2d(16->32, 3x3, stride=2, padding=1)" in text
+    assert "(0): Conv2d(16->32, 1x1, stride=2)" in text
+    assert "Conv2d(16->32)\n" not in text
+    assert "shortcut=B" in text                            # a block's own settings too
+    assert repr(nn.MaxPool2d(3, 2, 1)) == "MaxPool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))"
+    # error messages keep the short form
+    with pytest.raises(ValueError, match=r"^Conv2d\(3->16\): expected input"):
+        nn.Conv2d(3, 16, 3)(np.zeros((1, 2, 8, 8), dtype=np.float32))
+
+
 def test_load_state_dict_reports_missing_unexpected_and_misshaped():
     net = small_net()
     state = dict(net.state_dict())
@@ -89,6 +126,58 @@ def test_load_state_dict_copies_values_and_keeps_dtype():
     # a copy, not a view: changing a leaves b alone
     a[0].weight.data[...] = 7
     assert not np.any(host(b[0].weight.data) == 7)
+
+
+def test_load_state_dict_checks_every_value_before_writing_any():
+    # issue 14, item 12: all or nothing, and the message names the key
+    net = small_net()
+    before = {k: np.array(host(v)) for k, v in net.state_dict().items()}
+    state = {k: np.ones(v.shape, dtype=v.dtype) for k, v in before.items()}
+    state["8.bias"] = np.array(["a", "b", "c"])            # the right shape, not numbers
+    with pytest.raises(ValueError, match=r"8\.bias: cannot convert"):
+        net.load_state_dict(state)
+    state["8.bias"] = np.array([None, 1.0, 2.0], dtype=object)
+    with pytest.raises(ValueError, match=r"8\.bias"):
+        net.load_state_dict(state)
+    state["8.bias"] = np.zeros(3, dtype=np.complex64)
+    with pytest.raises(ValueError, match=r"8\.bias"):
+        net.load_state_dict(state)
+    state["8.bias"] = np.zeros(3, dtype=np.float32)
+    state["8.weight"] = np.zeros((3, 4), dtype=np.float32)  # the last entry: all others fine
+    with pytest.raises(ValueError, match=r"8\.weight"):
+        net.load_state_dict(state)
+    for k, v in net.state_dict().items():                   # nothing was written
+        assert np.array_equal(host(v), before[k]), k
+    state["8.weight"] = np.zeros((3, 5), dtype=np.float32)
+    net.load_state_dict(state)
+    assert np.all(host(net[0].weight.data) == 1)
+
+
+def test_strict_load_accepts_a_state_without_num_batches_tracked():
+    # issue 14, item 14: as in PyTorch, the counter starts again at 0
+    net = small_net()
+    net(np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32))
+    assert int(net[1].num_batches_tracked) == 1
+    other = small_net()
+    state = {k: v for k, v in other.state_dict().items() if "num_batches_tracked" not in k}
+    result = net.load_state_dict(state)                     # strict, no KeyError
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert int(net[1].num_batches_tracked) == 0 and int(net[7].num_batches_tracked) == 0
+    assert net[1].num_batches_tracked.dtype == np.int64
+    assert np.array_equal(host(net[1].running_var), host(other[1].running_var))
+    missing, _ = net.load_state_dict({k: v for k, v in state.items() if k != "1.bias"},
+                                     strict=False)
+    assert missing == ["1.bias"]                            # the counter is not reported
+
+
+def test_strict_load_of_torch_weights_without_num_batches_tracked():
+    torch = torch_or_skip()
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = {k: v for k, v in t.state_dict().items() if "num_batches_tracked" not in k}
+    t.load_state_dict(state)                                # PyTorch accepts it too
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    net.load_state_dict(state)
+    assert np.array_equal(host(net[0].weight.data), t[0].weight.detach().numpy().astype(np.float32))
 
 
 def test_num_batches_tracked_is_ignored_when_absent():
@@ -193,6 +282,95 @@ def test_error_messages_name_layer_expected_and_received():
         nn.BatchNorm2d(4)(np.zeros((1, 4, 1, 1), dtype=np.float32))
     with pytest.raises(ValueError, match=r"MaxPool2d.*smaller than the kernel"):
         nn.MaxPool2d(3)(np.zeros((1, 1, 2, 2), dtype=np.float32))
+
+
+def test_global_avg_pool_refuses_empty_maps():
+    # issue 14, item 15: a ValueError like the other layers, not NaN and a warning
+    gap = nn.GlobalAvgPool2d()
+    for shape in [(2, 3, 0, 0), (2, 3, 0, 4), (2, 3, 5, 0)]:
+        with pytest.raises(ValueError, match=r"GlobalAvgPool2d\(\): expected feature maps of "
+                                             r"at least 1x1, got input \(2, 3, "):
+            gap(np.zeros(shape, dtype=np.float32))
+    assert gap(np.ones((2, 3, 1, 1), dtype=np.float32)).shape == (2, 3)
+
+
+def refusal_cases():
+    """(name, module factory, input shape, output shape) for every kind of module."""
+    blocks = nn.blocks
+    return [
+        ("conv", lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5), (2, 4, 5, 5)),
+        ("linear", lambda: nn.Linear(6, 4), (3, 6), (3, 4)),
+        ("bn2d", lambda: nn.BatchNorm2d(3), (2, 3, 4, 4), (2, 3, 4, 4)),
+        ("bn1d", lambda: nn.BatchNorm1d(6), (3, 6), (3, 6)),
+        ("relu", nn.ReLU, (2, 3, 4, 4), (2, 3, 4, 4)),
+        ("maxpool", lambda: nn.MaxPool2d(2), (2, 3, 4, 4), (2, 3, 2, 2)),
+        ("avgpool", lambda: nn.AvgPool2d(2), (2, 3, 4, 4), (2, 3, 2, 2)),
+        ("gap", nn.GlobalAvgPool2d, (2, 3, 4, 4), (2, 3)),
+        ("flatten", nn.Flatten, (2, 3, 2, 2), (2, 12)),
+        ("identity", nn.Identity, (2, 3), (2, 3)),
+        ("shortcut_a", lambda: nn.ShortcutA(3, 6, 2), (2, 3, 5, 5), (2, 6, 3, 3)),
+        ("basic_a", lambda: nn.BasicBlock(3, 6, 2, shortcut="A"), (2, 3, 5, 5), (2, 6, 3, 3)),
+        ("basic_b", lambda: nn.BasicBlock(3, 6, 2, shortcut="B"), (2, 3, 5, 5), (2, 6, 3, 3)),
+        ("plain", lambda: nn.PlainBlock(3, 3), (2, 3, 4, 4), (2, 3, 4, 4)),
+        ("bottleneck", lambda: nn.Bottleneck(4, 2, 2), (2, 4, 4, 4), (2, 8, 2, 2)),
+        ("preact", lambda: nn.PreActBlock(3, 6, 2, shortcut="A"), (2, 3, 4, 4), (2, 6, 2, 2)),
+        ("preact_bottleneck", lambda: nn.PreActBottleneck(4, 2), (2, 4, 3, 3), (2, 8, 3, 3)),
+        ("sequential", lambda: nn.Sequential(nn.Conv2d(3, 4, 1), blocks.BasicBlock(4, 4)),
+         (2, 3, 3, 3), (2, 4, 3, 3)),
+    ]
+
+
+@pytest.mark.parametrize("case", refusal_cases(), ids=lambda c: c[0])
+def test_a_refused_backward_keeps_the_cache(case, rng):
+    # issue 14, items 16 and 17: a wrongly shaped dout is refused with the
+    # module's name and both shapes, before anything is consumed or
+    # accumulated, so the corrected call gives what a single call gives
+    _, make, in_shape, out_shape = case
+    m = make().to(dtype="float64")
+    x = rng.standard_normal(in_shape)
+    dout = rng.standard_normal(out_shape)
+    nn.init.manual_seed(0)
+    out = m(x)
+    assert out.shape == out_shape
+    wrong = [out_shape[:1] + (out_shape[1] + 1,) + out_shape[2:],   # one channel too many
+             out_shape[:1] + (out_shape[1] - 1,) + out_shape[2:]]   # one too few
+    if len(out_shape) == 4:
+        wrong.append(out_shape[:2] + (out_shape[2] + 1, out_shape[3]))   # spatial size
+    for shape in wrong:
+        with pytest.raises(ValueError, match=rf"expected dout of the output's shape "
+                                             rf"\({out_shape[0]}, {out_shape[1]}.*got "
+                                             rf"\({shape[0]}, {shape[1]}"):
+            m.backward(np.zeros(shape))
+    dx = m.backward(dout)
+    grads = {k: np.array(p.grad) for k, p in m.named_parameters()}
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        m.backward(dout)                                   # consumed by the good call
+    m.zero_grad()
+    m(x)
+    dx_once = m.backward(dout)
+    assert np.array_equal(dx, dx_once)
+    for k, p in m.named_parameters():
+        assert np.array_equal(grads[k], p.grad), k
+
+
+def test_shortcut_a_backward_checks_dout_after_a_plain_forward_call(rng):
+    # issue 14, item 16, when forward is called directly (no module boundary)
+    sc = nn.ShortcutA(16, 32, 2)
+    x = rng.standard_normal((2, 16, 8, 8))
+    for bad in [(2, 16, 4, 4), (2, 48, 4, 4), (2, 32, 3, 4)]:
+        sc.forward(x)
+        with pytest.raises(ValueError, match=rf"ShortcutA\(16->32, stride=2\): expected dout "
+                                             rf"of the output's shape \(2, 32, 4, 4\), got "
+                                             rf"\({bad[0]}, {bad[1]}, {bad[2]}, {bad[3]}\)"):
+            sc.backward(np.zeros(bad))
+
+
+def test_cross_entropy_refused_dout_keeps_the_cache():
+    ce = nn.CrossEntropyLoss()
+    ce(np.zeros((3, 4)), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss\(\): expected dout .*\(\), got \(3,\)"):
+        ce.backward(np.ones(3))
+    assert ce.backward().shape == (3, 4)
 
 
 def test_cross_entropy_errors():
@@ -354,3 +532,60 @@ def test_input_and_parameters_in_different_array_libraries_name_the_layer(rng):
             layer(x)
     with pytest.raises(ValueError, match=r"Linear.*numpy\.ndarray"):
         nn.Linear(5, 2)(strict(np.ones((2, 5), np.float32)))
+
+
+# ---- grouped convolution layers ----------------------------------------------
+
+GROUPED = {
+    "grouped": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, dtype="float64"),
+                (2, 4, 6, 5)),
+    "depthwise": (lambda: nn.Conv2d(3, 3, 3, padding=1, bias=False, groups=3, dtype="float64"),
+                  (2, 3, 5, 5)),
+    "depthwise_x2": (lambda: nn.Conv2d(2, 4, (3, 2), groups=2, dtype="float64"), (1, 2, 5, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUPED))
+def test_grouped_conv2d_layer_gradcheck_and_torch(name, rng):
+    make, shape = GROUPED[name]
+    layer = make()
+    x = rng.standard_normal(shape)
+    check_module(layer, x, seed=1).assert_ok(1e-6)
+    torch = torch_or_skip()
+    t = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                        layer.stride, layer.padding, groups=layer.groups,
+                        bias=layer.bias is not None).double()
+    assert [(k, tuple(v.shape)) for k, v in t.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in layer.state_dict().items()]
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in layer.state_dict().items()})
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = t(xt)
+    dout = rng.standard_normal(tuple(out_t.shape))
+    out_t.backward(torch.tensor(dout))
+    layer.zero_grad()
+    out = layer(x)
+    assert rel(out, out_t.detach()) < 1e-12
+    assert rel(layer.backward(dout), xt.grad) < 1e-12
+    tparams = dict(t.named_parameters())
+    for k, p in layer.named_parameters():
+        assert rel(p.grad, tparams[k].grad) < 1e-12, k
+
+
+def test_grouped_conv2d_layer_shapes_repr_and_errors():
+    conv = nn.Conv2d(128, 256, 3, stride=2, padding=1, bias=False, groups=32)
+    assert tuple(conv.weight.shape) == (256, 4, 3, 3)
+    assert conv.num_parameters() == 256 * 4 * 9
+    assert conv.extra_repr() == "128->256, 3x3, stride=2, padding=1, groups=32"
+    assert "groups" not in nn.Conv2d(3, 4, 3).extra_repr()
+    # He init: the fan-in of a grouped conv is C_in / groups * KH * KW (as in PyTorch)
+    nn.init.manual_seed(0)
+    std = float(np.std(host(nn.Conv2d(256, 256, 3, groups=32).weight.data)))
+    assert abs(std - np.sqrt(2 / (8 * 9))) < 0.01
+    with pytest.raises(ValueError, match=r"Conv2d\(6->4\): expected C_in = 6 and C_out = 4 "
+                                         r"both divisible by groups = 4"):
+        nn.Conv2d(6, 4, 3, groups=4)
+    with pytest.raises(ValueError, match=r"Conv2d\(4->4\): expected groups >= 1, got 0"):
+        nn.Conv2d(4, 4, 3, groups=0)
+    with pytest.raises(ValueError, match=r"Conv2d\(4->8\): expected input \(N, 4, H, W\), "
+                                         r"got \(2, 2, 5, 5\)"):
+        nn.Conv2d(4, 8, 3, groups=2)(np.zeros((2, 2, 5, 5), np.float32))

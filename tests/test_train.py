@@ -138,6 +138,49 @@ def test_resume_restores_loader_optimizer_schedule_and_rng(digits, tmp_path):
     assert init.get_rng().bit_generator.state == saved_rng
 
 
+def trainer_state(t):
+    """Everything resume may change, as host copies."""
+    opt = t.optimizer.state_dict()
+    return (weights(t), {k: {n: np.array(v) for n, v in s.items()} for k, s in opt["state"].items()},
+            opt["param_groups"], t.scheduler.state_dict(), t.train_loader.state_dict(),
+            init.get_rng().bit_generator.state, t.epoch, list(t.history))
+
+
+def assert_same_state(a, b):
+    assert_bitwise_equal(a[0], b[0])
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        assert all(np.array_equal(a[1][k][n], b[1][k][n]) for n in a[1][k]), k
+    assert a[2:] == b[2:]
+
+
+@pytest.mark.parametrize("misfit", ["groups", "schedule", "model"])
+def test_resume_that_does_not_fit_changes_nothing(digits, tmp_path, misfit):
+    # issue 14, item 13: the optimizer's groups are checked before the weights
+    # are replaced; a schedule of another type undoes the optimizer's load
+    from minires.finetune import finetune_param_groups
+    from minires.optim import MultiStepLR
+
+    make_trainer(digits, out_dir=tmp_path).fit(1)
+    t = make_trainer(digits, seed=5)
+    t.fit(1)                        # its own momentum, schedule and loader position
+    if misfit == "groups":
+        t.optimizer = SGD(finetune_param_groups(t.model, lr=0.1, backbone_lr=0.01), lr=0.1,
+                          momentum=0.9)
+        t.scheduler = CosineAnnealingLR(t.optimizer, T_max=EPOCHS)
+    elif misfit == "schedule":
+        t.scheduler = MultiStepLR(t.optimizer, [2])
+    else:
+        init.manual_seed(5)
+        t.model = get_model("resnet14", in_channels=1, num_classes=10)
+        t.optimizer = SGD(t.model.parameters(), lr=0.1, momentum=0.9)
+        t.scheduler = CosineAnnealingLR(t.optimizer, T_max=EPOCHS)
+    before = trainer_state(t)
+    with pytest.raises((ValueError, KeyError)):
+        t.resume(tmp_path / "checkpoint.npz")
+    assert_same_state(trainer_state(t), before)
+
+
 @pytest.mark.parametrize("lose", ["loader", "momentum", "schedule"])
 def test_resume_without_a_piece_of_state_differs(digits, straight, tmp_path, lose):
     """The bitwise test above can fail: drop one piece of restored state and
@@ -252,7 +295,15 @@ def test_learning_curves_figure(tmp_path):
                 "test_loss": 1.1 / e, "test_acc": 1 - 0.6 / e} for e in range(1, 5)]
     fig = learning_curves(history, title="resnet8")
     loss_ax, err_ax = fig.axes
-    assert [line.get_label() for line in err_ax.lines] == ["train", "test"]
+    assert [line.get_label() for line in err_ax.lines][:2] == ["train", "test"]
     np.testing.assert_allclose(err_ax.lines[1].get_ydata(), [60, 30, 20, 15])
     path = plot_history(history[:1], tmp_path / "sub" / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_epoch_without_batches_is_an_error(digits, tmp_path):
+    t = make_trainer(digits, out_dir=tmp_path)
+    t.train_loader = []
+    with pytest.raises(ValueError, match="no batches in epoch 1"):
+        t.fit(1)
+    assert t.history == [] and not (tmp_path / "checkpoint.npz").exists()

@@ -17,6 +17,7 @@ from .cifar import (
     CIFAR10_MD5,
     CIFAR10_URL,
     CifarError,
+    CifarNotFound,
     download_cifar10,
     load_cifar10,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "CIFAR10_URL",
     "DIGITS_CLASSES",
     "CifarError",
+    "CifarNotFound",
     "Compose",
     "DataLoader",
     "Normalize",

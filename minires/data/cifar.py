@@ -9,11 +9,17 @@ a record's last 3,072 bytes reshape straight to (3, 32, 32), NCHW.
 
 What happens on :func:`load_cifar10`:
 
+``<root>`` is the data folder, :func:`minires.data.data_root`:
+``$MINIRES_DATA``, else ``~/.cache/minires`` (``$XDG_CACHE_HOME/minires``).
+
 1. If ``<root>/cifar-10-batches-bin/`` was extracted earlier from an archive
-   with the expected MD5 (a ``.md5`` note records it), read it.
-2. Otherwise take ``<root>/cifar-10-binary.tar.gz``; with ``download=True``
-   fetch it first into ``cifar-10-binary.tar.gz.part``, check the MD5 and only
-   then rename it, so a broken download never looks valid.
+   with the expected MD5 (a ``.md5`` note records it) and every batch file is
+   there, read it.
+2. Otherwise take ``<root>/cifar-10-binary.tar.gz`` (so a batch file deleted
+   after extraction is extracted again); with ``download=True`` fetch it
+   first into ``cifar-10-binary.tar.gz.part``, check the MD5 and only then
+   rename it, so a broken download never looks valid (a download cut off
+   midway removes the ``.part`` file).
 3. Check the archive's MD5 (streamed, 1 MiB at a time), check every member
    (only the eight expected names, regular files, no links, no paths leading
    elsewhere), and copy out the members' bytes; nothing is extracted by name.
@@ -24,6 +30,7 @@ What happens on :func:`load_cifar10`:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -59,6 +66,19 @@ class CifarError(RuntimeError):
     """The CIFAR-10 archive is missing, does not match its checksum, or is malformed."""
 
 
+class CifarNotFound(CifarError):
+    """CIFAR-10 is not in the data folder, and it was not asked to download it.
+
+    Attributes
+    ----------
+    archive : Path where the archive belongs.
+    """
+
+    def __init__(self, message: str, archive: Path) -> None:
+        super().__init__(message)
+        self.archive = archive
+
+
 def _manual_instructions(archive: Path) -> str:
     return (
         f"To provide it by hand, download {CIFAR10_URL} (170,052,171 bytes, MD5 "
@@ -82,13 +102,22 @@ def download_cifar10(
     url: str = CIFAR10_URL,
     md5: str = CIFAR10_MD5,
     timeout: float = 60.0,
+    progress: bool = False,
 ) -> Path:
     """Download the archive to ``<root>/cifar-10-binary.tar.gz`` and check its MD5.
 
     The bytes go to ``cifar-10-binary.tar.gz.part`` first; the MD5 is
     computed while streaming; only a matching file is renamed into place. On
-    any failure the ``.part`` file is removed and :class:`CifarError` says
-    where to put the archive by hand.
+    any failure (no network, a transfer cut off midway, fewer bytes than the
+    server announced, a wrong MD5, Ctrl-C) the ``.part`` file is removed and,
+    but for Ctrl-C, :class:`CifarError` says where to put the archive by hand.
+
+    Parameters
+    ----------
+    root : the data folder (default :func:`minires.data.data_root`).
+    url, md5 : where to fetch from, and the expected MD5 of the archive.
+    timeout : seconds to wait for the server at each step.
+    progress : show a progress bar (tqdm, on stderr).
 
     Returns
     -------
@@ -99,16 +128,39 @@ def download_cifar10(
     archive = root / CIFAR10_ARCHIVE
     part = archive.with_name(archive.name + ".part")
     h = hashlib.md5()
+    received, expected = 0, None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                h.update(chunk)
-                f.write(chunk)
-    except (urllib.error.URLError, OSError) as err:
+            length = (getattr(response, "headers", None) or {}).get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            with _progress_bar(expected, archive.name, progress) as bar:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if expected is not None and received != expected:
+            raise CifarError(f"CIFAR-10: the download of {url} was cut off after "
+                             f"{received:,} of {expected:,} bytes; the partial file was "
+                             f"deleted. {_manual_instructions(archive)}")
+    except CifarError:
         part.unlink(missing_ok=True)
+        raise
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        # HTTPException: IncompleteRead when a chunked transfer drops, and the like
+        part.unlink(missing_ok=True)
+        if isinstance(err, http.client.IncompleteRead):
+            what = f"was cut off after {received + len(err.partial):,} bytes"
+        else:
+            what = (f"was cut off after {received:,} bytes" if received else "failed")
+            what += f" ({type(err).__name__}: {err})"
         raise CifarError(
-            f"CIFAR-10: download of {url} failed ({err}). {_manual_instructions(archive)}"
+            f"CIFAR-10: the download of {url} {what}; the partial file was deleted. "
+            f"{_manual_instructions(archive)}"
         ) from err
+    except BaseException:  # Ctrl-C: no half file left behind either
+        part.unlink(missing_ok=True)
+        raise
     if h.hexdigest() != md5:
         part.unlink(missing_ok=True)
         raise CifarError(
@@ -117,6 +169,13 @@ def download_cifar10(
         )
     os.replace(part, archive)
     return archive
+
+
+def _progress_bar(total: int | None, name: str, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"downloading {name}", unit="B", unit_scale=True,
+                unit_divisor=1024, disable=not show, leave=False)
 
 
 def _check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -223,6 +282,20 @@ def read_batch(
     return images, labels
 
 
+def _extracted(out_dir: Path, md5: str, batch_bytes: int | None) -> bool:
+    """Whether ``out_dir`` holds a complete extraction of the archive with ``md5``:
+    its note, and every batch file (of the official size, when known)."""
+    note = out_dir / ".md5"
+    if not (note.is_file() and note.read_text().strip() == md5):
+        return False
+    for name in TRAIN_BATCHES + TEST_BATCHES:
+        path = out_dir / name
+        if not path.is_file() or (batch_bytes is not None
+                                  and path.stat().st_size != batch_bytes):
+            return False
+    return True
+
+
 def load_cifar10(
     split: Literal["train", "test"] = "train",
     root: str | os.PathLike[str] | None = None,
@@ -231,6 +304,7 @@ def load_cifar10(
     dtype: Literal["float32", "uint8"] = "float32",
     md5: str = CIFAR10_MD5,
     url: str = CIFAR10_URL,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10 from the official binary archive.
 
@@ -243,9 +317,11 @@ def load_cifar10(
     root : path or None
         Folder holding ``cifar-10-binary.tar.gz`` (and the extracted
         ``cifar-10-batches-bin/``); default :func:`minires.data.data_root`
-        (``$MINIRES_DATA``, or the repository's ``data/``).
+        (``$MINIRES_DATA``, else ``~/.cache/minires``).
     download : bool
         Fetch the archive from ``url`` when it is not there.
+    progress : bool
+        Show a progress bar while downloading.
     dtype : {"float32", "uint8"}
         "float32": values scaled to [0, 1]; "uint8": the raw bytes 0-255 (a
         quarter of the memory).
@@ -264,9 +340,10 @@ def load_cifar10(
     Raises
     ------
     CifarError
-        Archive missing (and ``download`` False or failing), wrong MD5,
-        unexpected or unsafe members, wrong sizes or labels. The message names
-        the path where the archive belongs and the URL to fetch it from.
+        Archive missing (:class:`CifarNotFound`, when ``download`` is False)
+        or its download failing, wrong MD5, unexpected or unsafe members,
+        wrong sizes or labels. The message names the path where the archive
+        belongs and the URL to fetch it from.
     """
     if split not in ("train", "test"):
         raise ValueError(f"load_cifar10: split must be 'train' or 'test', got {split!r}")
@@ -274,18 +351,17 @@ def load_cifar10(
         raise ValueError(f"load_cifar10: dtype must be 'float32' or 'uint8', got {dtype!r}")
     root = data_root(root)
     out_dir = root / CIFAR10_DIR
-    note = out_dir / ".md5"
-    if not (note.is_file() and note.read_text().strip() == md5):
+    expected = OFFICIAL_BATCH_BYTES if md5 == CIFAR10_MD5 else None
+    if not _extracted(out_dir, md5, expected):
         archive = root / CIFAR10_ARCHIVE
         if not archive.is_file():
             if not download:
-                raise CifarError(
+                raise CifarNotFound(
                     f"CIFAR-10 not found: {archive} does not exist. Pass download=True to "
-                    f"fetch it. {_manual_instructions(archive)}"
+                    f"fetch it. {_manual_instructions(archive)}", archive
                 )
-            download_cifar10(root, url=url, md5=md5)
+            download_cifar10(root, url=url, md5=md5, progress=progress)
         extract_cifar10(archive, root, md5)
-    expected = OFFICIAL_BATCH_BYTES if md5 == CIFAR10_MD5 else None
     names = TRAIN_BATCHES if split == "train" else TEST_BATCHES
     parts = [read_batch(out_dir / name, expected_bytes=expected) for name in names]
     images = np.concatenate([p[0] for p in parts])

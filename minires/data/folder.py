@@ -52,6 +52,13 @@ def load_image_folder(
     images : (N, C, H, W) float32 array, values in [0, 1], on the host
     labels : (N,) int64 array, index into ``class_names``
     class_names : list of str, sorted
+
+    Raises
+    ------
+    FileNotFoundError : ``root`` is not a folder, or has no class folder or a
+        class folder without images.
+    ValueError : a file is not a readable image (named in the message), or
+        sizes differ while ``size`` is None.
     """
     Image = _import_pil()
     if mode not in ("RGB", "L"):
@@ -80,11 +87,20 @@ def load_image_folder(
                 f"load_image_folder: class folder {root / name} holds no {'/'.join(exts)} files"
             )
         for path in files:
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), resample=resample)  # PIL wants (W, H)
-                pixels = np.asarray(im, dtype=np.uint8)
+            try:
+                with Image.open(path) as im:
+                    im = im.convert(mode)
+                    if size is not None and im.size != (size[1], size[0]):
+                        im = im.resize((size[1], size[0]), resample=resample)  # (W, H)
+                    pixels = np.asarray(im, dtype=np.uint8)
+            except Image.UnidentifiedImageError:
+                raise ValueError(f"load_image_folder: {path} is not a readable image (not a "
+                                 "format Pillow recognises); remove or replace it") from None
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                # truncated or corrupt data (OSError), a malformed header (SyntaxError)
+                raise ValueError(f"load_image_folder: {path} is not a readable image "
+                                 f"({type(err).__name__}: {err}); remove or replace it"
+                                 ) from err
             if pixels.ndim == 2:
                 pixels = pixels[:, :, None]
             if images and pixels.shape != images[0].shape:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,9 @@ class DataLoader:
         already on the active backend (batches are gathered there).
     labels : (N,) integer array
     batch_size : int
+        Images per batch (a positive integer). An epoch must have at least one
+        batch: an empty dataset, or ``drop_last`` with a batch larger than the
+        dataset, is refused.
     shuffle : bool
         Reshuffle every epoch (training); False keeps the data's order.
     drop_last : bool
@@ -59,14 +63,33 @@ class DataLoader:
         seed: int = 0,
         transform: Callable[[Array, np.random.Generator], Array] | None = None,
     ):
+        for what, value in (("images", images), ("labels", labels)):
+            if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                raise TypeError(
+                    f"DataLoader: {what} must be an array (NumPy, or the active backend's), "
+                    f"got a {type(value).__name__}; convert it first, e.g. np.asarray({what})"
+                )
         n = images.shape[0]
         if tuple(labels.shape) != (n,):
             raise ValueError(
                 f"DataLoader: expected labels of shape ({n},) for {n} images, "
                 f"got {tuple(labels.shape)}"
             )
-        if int(batch_size) < 1:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
+            raise TypeError(
+                f"DataLoader: batch_size must be an integer, got {batch_size!r} "
+                f"({type(batch_size).__name__})"
+            )
+        if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be positive, got {batch_size}")
+        if n == 0:
+            raise ValueError("DataLoader: the dataset is empty (0 images); no batches to make")
+        if drop_last and batch_size > n:
+            raise ValueError(
+                f"DataLoader: drop_last=True with batch_size {batch_size} > {n} images drops "
+                "every image, so an epoch would have no batches; use a smaller batch_size "
+                "or drop_last=False"
+            )
         self.images = images
         self.labels = labels
         self.batch_size = int(batch_size)

@@ -4,11 +4,13 @@ Two places matter:
 
 - the **bundled** files (``digits.npz``), kept in the repository's top-level
   ``data/`` folder and shipped inside the package as ``minires._bundled``
-  (``pyproject.toml`` maps that package to ``data/``);
-- the **data root**, where downloaded datasets (CIFAR-10) are stored:
-  ``$MINIRES_DATA`` if set, else the repository's ``data/`` folder when
-  minires runs from a source checkout (also after ``pip install -e .``), else
-  ``~/.cache/minires`` (``$XDG_CACHE_HOME/minires``).
+  (``pyproject.toml`` maps that package to ``data/``); always read from the
+  package (or, in a source checkout, from ``data/``);
+- the **data folder**, where downloaded datasets (CIFAR-10) are kept. One
+  rule, the same for installed and editable installs and source checkouts:
+  ``$MINIRES_DATA`` if set, else ``$XDG_CACHE_HOME/minires`` if
+  ``XDG_CACHE_HOME`` is set, else ``~/.cache/minires``. The ``minires``
+  command prints it when it reads or downloads a dataset.
 """
 
 from __future__ import annotations
@@ -19,12 +21,6 @@ from pathlib import Path
 
 # minires/data/paths.py -> the repository root is two levels above the package.
 _SOURCE_DATA = Path(__file__).resolve().parents[2] / "data"
-
-
-def _is_source_checkout() -> bool:
-    return (_SOURCE_DATA.parent / "pyproject.toml").is_file() and (
-        _SOURCE_DATA / "README.md"
-    ).is_file()
 
 
 def bundled_file(name: str) -> Path:
@@ -64,16 +60,15 @@ def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     Parameters
     ----------
     root : path or None
-        Returned as is when given. Otherwise ``$MINIRES_DATA`` if set, else the
-        repository's ``data/`` folder in a source checkout, else
-        ``$XDG_CACHE_HOME/minires`` (default ``~/.cache/minires``).
+        Returned as is when given. Otherwise ``$MINIRES_DATA`` if set, else
+        ``$XDG_CACHE_HOME/minires`` (default ``~/.cache/minires``), whether
+        minires is installed, installed in editable mode or run from a source
+        checkout.
     """
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get("MINIRES_DATA")
     if env:
         return Path(env).expanduser()
-    if _is_source_checkout():
-        return _SOURCE_DATA
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "minires"

@@ -4,10 +4,9 @@ only how the same numbers are reached sooner.
 
 Stands in for: ``conv2d_forward``, ``conv2d_backward`` and ``im2col`` of
 ``minires.functional.conv``, with the same signatures and results (the
-tests compare them). Each falls back to its reference for arrays outside
-NumPy and CuPy (array-api-strict) and for a convolution it does not
-compute (any extra keyword argument of the reference, such as ``groups``,
-other than at its plain value: see ``_plain``).
+tests compare them). Each hands the call to its reference for arrays
+outside NumPy and CuPy (array-api-strict) and for grouped convolutions
+(``groups`` other than 1), which the engine does not compute.
 
 What it buys, measured with ``benchmarks/engine.py`` (ResNet-20's shapes,
 batch 128, float32, on the 2-core development VM while other work shared it;
@@ -88,19 +87,10 @@ def _numpy_like(*arrays: Array) -> bool:
     return backend.is_numpy_like(backend.namespace(*arrays))
 
 
-def _plain(options: dict[str, Any]) -> bool:
-    """Whether the engine computes a convolution called with these extra
-    keyword arguments of the reference: none, or ``groups=1``. Anything
-    else (a grouped convolution, an argument the reference gains later)
-    goes to the reference, which computes it or raises ``TypeError``."""
-    return all(key == "groups" and value == 1 for key, value in options.items())
-
-
-def _plain_cache(cache: tuple) -> bool:
-    """Whether a conv cache is that of a plain convolution: the five entries
-    ``(x, w, has_bias, stride, padding)``, or more (a reference that caches
-    ``groups``, say) that are all 1."""
-    return all(extra == 1 for extra in cache[5:])
+def _one_group(groups: Any) -> bool:
+    """Whether the engine computes a convolution of ``groups`` groups: only
+    of one (anything else, invalid values included, goes to the reference)."""
+    return not isinstance(groups, bool) and groups == 1
 
 
 def im2col(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0) -> Array:
@@ -135,7 +125,7 @@ def im2col(x: Array, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair
 
 
 def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair = 1,
-                   padding: IntPair = 0, **options: Any) -> tuple[Array, tuple]:
+                   padding: IntPair = 0, groups: int = 1) -> tuple[Array, tuple]:
     """``minires.functional.conv.conv2d_forward``, chunk by chunk of images
     over the CPU threads, over the shifted grid for stride 1 (module docstring).
 
@@ -145,8 +135,8 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     1.3-1.6x on the stem (3 input channels).
 
     Same arguments, results, output layout and cache as the reference;
-    other arrays than NumPy's and CuPy's, and ``options`` other than
-    ``groups=1``, go to the reference.
+    other arrays than NumPy's and CuPy's, and grouped convolutions, go to
+    the reference.
 
     Parameters
     ----------
@@ -154,16 +144,17 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     w : (C_out, C_in, KH, KW), same dtype as ``x``
     b : (C_out,) or None
     stride, padding : int or (h, w) pair; zero padding.
-    **options : further keyword arguments of the reference (``groups``).
+    groups : the reference's; the engine computes ``groups=1`` only.
 
     Returns
     -------
     out : (N, C_out, OH, OW), a view of memory laid out (C_out, N, OH, OW)
-    cache : ``(x, w, has_bias, stride, padding)``, for either ``conv2d_backward``
+    cache : ``(x, w, has_bias, stride, padding, groups)``, for either ``conv2d_backward``
     """
-    if not (_plain(options) and _numpy_like(x, w)):
-        return reference.conv2d_forward(x, w, b, stride, padding, **options)
-    stride, padding, (oh, ow) = _check_conv(x, w, b, stride, padding, "conv2d_forward")
+    if not (_one_group(groups) and _numpy_like(x, w)):
+        return reference.conv2d_forward(x, w, b, stride, padding, groups)
+    stride, padding, (oh, ow), groups = _check_conv(x, w, b, stride, padding, "conv2d_forward",
+                                                    groups)
     xp = backend.namespace(x, w)
     n, c_out = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
@@ -178,7 +169,7 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     if b is not None:
         out_t = out_t + xp.reshape(b, (c_out, 1))
     out = xp.permute_dims(xp.reshape(out_t, (c_out, n, oh, ow)), (1, 0, 2, 3))
-    cache = (x, w, b is not None, stride, padding)
+    cache = (x, w, b is not None, stride, padding, groups)
     return out, cache
 
 
@@ -194,8 +185,8 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
     stride-1 3x3 layers, 1.7-2.8x on the stride-2 ones, 1.4-1.9x on the stem.
 
     Same arguments and results as the reference (``dout`` is not modified);
-    other arrays than NumPy's and CuPy's, and caches of convolutions the
-    engine does not compute, go to the reference.
+    other arrays than NumPy's and CuPy's, and grouped convolutions, go to
+    the reference.
 
     Parameters
     ----------
@@ -210,9 +201,9 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
     dw : (C_out, C_in, KH, KW), or None when ``need_param_grads`` is False
     db : (C_out,), or None without bias or when ``need_param_grads`` is False
     """
-    if not (_plain_cache(cache) and _numpy_like(dout, cache[0])):
+    x, w, has_bias, stride, padding, groups = cache
+    if not (_one_group(groups) and _numpy_like(dout, x)):
         return reference.conv2d_backward(dout, cache, need_param_grads, need_input_grad)
-    x, w, has_bias, stride, padding = cache[:5]
     n, c_out = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
     oh, ow = conv2d_output_size(x.shape[2:], kernel, stride, padding)

@@ -72,6 +72,8 @@ def threads() -> int:
     """Threads of ``over_chunks`` and ``over_channels`` (``MINIRES_THREADS``, else the cores)."""
     if _threads is None:
         env = os.environ.get("MINIRES_THREADS", "").strip()
+        if env and not (env.isdigit() and int(env) >= 1):
+            raise ValueError(f"MINIRES_THREADS must be a positive integer, got {env!r}")
         set_threads(int(env) if env else len(os.sched_getaffinity(0)))
     assert _threads is not None
     return _threads

@@ -31,6 +31,14 @@ windows share receives the sum of their entries. That is the dx of the
 convolution, and the reason the backward pass is again a matrix product
 followed by col2im.
 
+Grouped convolution (``groups = G``, PyTorch's meaning): the input channels
+and the filters are split into G groups, and filter group g sees only input
+group g; ``w`` is (C_out, C_in / G, KH, KW). Rows of ``cols.T`` are ordered
+(c, i, j), so input group g is the g-th block of C_in/G*KH*KW rows, and its
+filters are the g-th block of rows of ``w_mat``: G independent products,
+one batched ``matmul`` over a (G, ...) reshape of both (with G = 1, the
+product above). ``groups = C_in`` is a depthwise convolution.
+
 Memory layout: ``im2col`` builds the transpose ``cols.T`` (C*KH*KW,
 N*OH*OW), one row per kernel offset and channel, and returns it as the
 transposed view ``cols`` (``matmul`` reads a transposed operand without a
@@ -51,7 +59,7 @@ slow, obvious, and the reference the im2col version is tested against.
 The engine: on NumPy and CuPy, ``minires.fast.conv.conv2d_forward`` and
 ``conv2d_backward`` (``minires/fast/conv.py``) stand in for the pair here,
 with the same signatures and results (chunks of images shared over CPU
-threads, a shifted grid for stride 1, col2im by phases), and
+threads, a shifted grid for stride 1, col2im by phases; one group only), and
 ``minires.fast.conv.im2col`` for ``im2col`` (one strided view, one copy).
 The public ops ``minires.functional.conv2d_forward`` ... choose between the
 two (see ``minires/functional/__init__.py``); ``MINIRES_FAST=0`` runs this
@@ -68,6 +76,7 @@ from .shapes import (
     IntPair,
     as_pair,
     check_dout,
+    check_groups,
     check_image,
     check_window,
     conv2d_output_size,
@@ -159,55 +168,70 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel_size: IntPair
 
 # ---- convolution by im2col ----------------------------------------------------
 
-def _check_conv(x: Any, w: Any, b: Any, stride: IntPair, padding: IntPair, op: str):
-    """Validate the arguments of a convolution; return (stride, padding, (OH, OW))."""
+def _check_conv(x: Any, w: Any, b: Any, stride: IntPair, padding: IntPair, op: str,
+                groups: int = 1):
+    """Validate the arguments of a convolution; return (stride, padding, (OH, OW), groups)."""
     stride = as_pair(stride, "stride", op, 1)
     padding = as_pair(padding, "padding", op, 0)
     check_image(x, op, "(N, C_in, H, W)")
     if getattr(w, "ndim", None) != 4:
         got = tuple(w.shape) if hasattr(w, "shape") else type(w).__name__
         raise ValueError(f"{op}: expected w of rank 4 (C_out, C_in, KH, KW), got {got}")
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: expected w with C_in = {x.shape[1]} channels like x "
-                         f"{tuple(x.shape)}, got w {tuple(w.shape)}")
+    groups = check_groups(groups, x.shape[1], w.shape[0], op)
+    if w.shape[1] * groups != x.shape[1]:
+        per_group = "" if groups == 1 else " / groups"
+        raise ValueError(f"{op}: expected w with C_in{per_group} = {x.shape[1] // groups} "
+                         f"channels like x {tuple(x.shape)}, got w {tuple(w.shape)}")
     if w.dtype != x.dtype:
         raise ValueError(f"{op}: expected w of the same dtype as x ({x.dtype}), got {w.dtype}")
     if b is not None and (tuple(b.shape) != (w.shape[0],) or b.dtype != x.dtype):
         raise ValueError(f"{op}: expected b of shape ({w.shape[0]},) and dtype {x.dtype}, "
                          f"got {tuple(b.shape)} {b.dtype}")
     out_size = check_window(x.shape, tuple(w.shape[2:]), stride, padding, op)
-    return stride, padding, out_size
+    return stride, padding, out_size, groups
+
+
+def by_group(a: Array, groups: int) -> Array:
+    """A matrix (G*R, K) as G blocks of rows, (G, R, K): the groups of a
+    grouped convolution (module docstring). A view when ``a`` is contiguous."""
+    return backend.namespace(a).reshape(a, (groups, a.shape[0] // groups, a.shape[1]))
 
 
 def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair = 1,
-                   padding: IntPair = 0) -> tuple[Array, tuple]:
-    """Convolution as one matrix product over the im2col matrix.
+                   padding: IntPair = 0, groups: int = 1) -> tuple[Array, tuple]:
+    """Convolution as one matrix product over the im2col matrix (one per
+    group: a batched product).
 
     Parameters
     ----------
     x : (N, C_in, H, W)
-    w : (C_out, C_in, KH, KW), same dtype as ``x``
+    w : (C_out, C_in / groups, KH, KW), same dtype as ``x``
     b : (C_out,) or None
     stride, padding : int or (h, w) pair; zero padding.
+    groups : G >= 1 dividing C_in and C_out; filter group g (C_out / G
+        filters) sees input channels g*C_in/G ... (g+1)*C_in/G - 1 only.
 
     Returns
     -------
     out : (N, C_out, OH, OW), same dtype as ``x``; a view of memory laid out
         (C_out, N, OH, OW) (see the module docstring)
-    cache : ``(x, w, has_bias, stride, padding)``, for ``conv2d_backward``
+    cache : ``(x, w, has_bias, stride, padding, groups)``, for ``conv2d_backward``
     """
-    stride, padding, (oh, ow) = _check_conv(x, w, b, stride, padding, "conv2d_forward")
+    stride, padding, (oh, ow), groups = _check_conv(x, w, b, stride, padding, "conv2d_forward",
+                                                    groups)
     xp = backend.namespace(x, w)
     n, c_out = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
-    w_mat = xp.reshape(w, (c_out, -1))                   # (C_out, C_in*KH*KW)
+    w_mat = xp.reshape(w, (c_out, -1))                   # (C_out, C_in/G*KH*KW)
     cols = im2col(x, kernel, stride, padding)            # (N*OH*OW, C_in*KH*KW)
-    # out = cols @ w_mat.T, computed as its transpose (module docstring):
-    out_t = w_mat @ cols.T                               # (C_out, N*OH*OW)
+    # out = cols @ w_mat.T, computed as its transpose (module docstring),
+    # group by group: (G, C_out/G, C_in/G*KH*KW) @ (G, C_in/G*KH*KW, N*OH*OW)
+    out_t = xp.matmul(by_group(w_mat, groups), by_group(cols.T, groups))
+    out_t = xp.reshape(out_t, (c_out, n * oh * ow))      # (C_out, N*OH*OW)
     if b is not None:
         out_t = out_t + xp.reshape(b, (c_out, 1))
     out = xp.permute_dims(xp.reshape(out_t, (c_out, n, oh, ow)), (1, 0, 2, 3))
-    cache = (x, w, b is not None, stride, padding)
+    cache = (x, w, b is not None, stride, padding, groups)
     return out, cache
 
 
@@ -220,6 +244,7 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
     as an (N*OH*OW, C_out) matrix), the matrix rules give
     ``dcols = dout_mat @ w_mat``, ``dw_mat = dout_mat.T @ cols`` and ``db`` the
     sum of ``dout_mat`` over its rows; ``col2im`` turns ``dcols`` into ``dx``.
+    With groups, each group's products are these, batched like the forward's.
 
     Parameters
     ----------
@@ -233,10 +258,10 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
     Returns
     -------
     dx : (N, C_in, H, W), or None when ``need_input_grad`` is False
-    dw : (C_out, C_in, KH, KW), or None when ``need_param_grads`` is False
+    dw : (C_out, C_in / groups, KH, KW), or None when ``need_param_grads`` is False
     db : (C_out,), or None without bias or when ``need_param_grads`` is False
     """
-    x, w, has_bias, stride, padding = cache
+    x, w, has_bias, stride, padding, groups = cache
     n, c_out = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
     oh, ow = conv2d_output_size(x.shape[2:], kernel, stride, padding)
@@ -247,13 +272,16 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
     dout_t = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (c_out, n * oh * ow))
     # A sum along contiguous rows: pairwise in NumPy, so float32 stays accurate.
     db = xp.sum(dout_t, axis=1) if has_bias and need_param_grads else None
-    w_mat = xp.reshape(w, (c_out, -1))
+    # per group g: dcols_g = dout_mat_g @ w_mat_g and dw_mat_g = dout_mat_g.T @ cols_g
+    w_g, dout_g = by_group(xp.reshape(w, (c_out, -1)), groups), by_group(dout_t, groups)
     dx = dw = None
     if need_input_grad:
-        dcols = (w_mat.T @ dout_t).T      # = dout_mat @ w_mat, stored transposed like cols
+        dcols_t = xp.matmul(xp.matrix_transpose(w_g), dout_g)   # dcols.T, group by group
+        dcols = xp.reshape(dcols_t, (-1, n * oh * ow)).T        # stored transposed like cols
         dx = col2im(dcols, tuple(x.shape), kernel, stride, padding)
     if need_param_grads:
-        dw_mat = dout_t @ im2col(x, kernel, stride, padding)   # cols, built again
+        cols = im2col(x, kernel, stride, padding)                # built again
+        dw_mat = xp.matmul(dout_g, xp.matrix_transpose(by_group(cols.T, groups)))
         dw = xp.reshape(dw_mat, w.shape)
     return dx, dw, db
 
@@ -261,28 +289,32 @@ def conv2d_backward(dout: Array, cache: tuple, need_param_grads: bool = True,
 # ---- the reference: four nested loops -----------------------------------------
 
 def conv2d_forward_naive(x: Array, w: Array, b: Array | None = None, stride: IntPair = 1,
-                         padding: IntPair = 0) -> tuple[Array, tuple]:
+                         padding: IntPair = 0, groups: int = 1) -> tuple[Array, tuple]:
     """The convolution straight from its definition (slow; the reference).
 
     ``out[n, co, oh, ow] = sum over (c, i, j) of
     x_padded[n, c, oh*sh + i, ow*sw + j] * w[co, c, i, j]  + b[co]``
 
-    Shapes as in ``conv2d_forward``; returns ``(out, cache)``.
+    where, with groups, ``c`` runs over the input channels of filter
+    ``co``'s group only. Shapes as in ``conv2d_forward``; returns ``(out, cache)``.
     """
-    (sh, sw), padding, (oh, ow) = _check_conv(x, w, b, stride, padding, "conv2d_forward_naive")
+    (sh, sw), padding, (oh, ow), groups = _check_conv(x, w, b, stride, padding,
+                                                      "conv2d_forward_naive", groups)
     xp = backend.namespace(x, w)
-    n, c_out, kh, kw = x.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    n, c_out, cg, kh, kw = x.shape[0], w.shape[0], w.shape[1], w.shape[2], w.shape[3]
     x_padded = pad2d(x, padding)
     out = xp.zeros((n, c_out, oh, ow), dtype=x.dtype)
     for k in range(n):
         for co in range(c_out):
+            g = co // (c_out // groups)                   # the group of filter co
             for r in range(oh):
                 for s in range(ow):
-                    field = x_padded[k, :, r * sh:r * sh + kh, s * sw:s * sw + kw]
+                    field = x_padded[k, g * cg:(g + 1) * cg, r * sh:r * sh + kh,
+                                     s * sw:s * sw + kw]
                     out[k, co, r, s] = xp.sum(field * w[co, ...])
                     if b is not None:
                         out[k, co, r, s] += b[co]
-    return out, (x_padded, w, b is not None, (sh, sw), padding)
+    return out, (x_padded, w, b is not None, (sh, sw), padding, groups)
 
 
 def conv2d_backward_naive(dout: Array, cache: tuple) -> tuple[Array, Array, Array | None]:
@@ -292,8 +324,8 @@ def conv2d_backward_naive(dout: Array, cache: tuple) -> tuple[Array, Array, Arra
 
     Returns ``(dx, dw, db)`` with the shapes of ``x``, ``w``, ``b`` (db None without bias).
     """
-    x_padded, w, has_bias, (sh, sw), padding = cache
-    n, c_out, kh, kw = x_padded.shape[0], w.shape[0], w.shape[2], w.shape[3]
+    x_padded, w, has_bias, (sh, sw), padding, groups = cache
+    n, c_out, cg, kh, kw = x_padded.shape[0], w.shape[0], w.shape[1], w.shape[2], w.shape[3]
     oh, ow = conv2d_output_size(x_padded.shape[2:], (kh, kw), (sh, sw), (0, 0))
     check_dout(dout, (n, c_out, oh, ow), "conv2d_backward_naive")
     xp = backend.namespace(dout, w)
@@ -301,10 +333,12 @@ def conv2d_backward_naive(dout: Array, cache: tuple) -> tuple[Array, Array, Arra
     dw = xp.zeros(w.shape, dtype=w.dtype)
     for k in range(n):
         for co in range(c_out):
+            g = co // (c_out // groups)
+            channels = slice(g * cg, (g + 1) * cg)
             for r in range(oh):
                 for s in range(ow):
                     rows, cols = slice(r * sh, r * sh + kh), slice(s * sw, s * sw + kw)
-                    dx_padded[k, :, rows, cols] += dout[k, co, r, s] * w[co, ...]
-                    dw[co, ...] += dout[k, co, r, s] * x_padded[k, :, rows, cols]
+                    dx_padded[k, channels, rows, cols] += dout[k, co, r, s] * w[co, ...]
+                    dw[co, ...] += dout[k, co, r, s] * x_padded[k, channels, rows, cols]
     db = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return unpad2d(dx_padded, padding), dw, db

@@ -32,6 +32,23 @@ def as_pair(value: Any, name: str, op: str, minimum: int) -> tuple[int, int]:
     return pair
 
 
+def check_groups(groups: Any, c_in: int, c_out: int, op: str) -> int:
+    """``groups`` as an int, or ValueError unless it is >= 1 and divides both
+    ``c_in`` and ``c_out``."""
+    try:
+        if isinstance(groups, bool):
+            raise TypeError
+        g = operator.index(groups)
+    except TypeError:
+        raise ValueError(f"{op}: expected groups to be an int, got {groups!r}") from None
+    if g < 1:
+        raise ValueError(f"{op}: expected groups >= 1, got {g}")
+    if c_in % g or c_out % g:
+        raise ValueError(f"{op}: expected C_in = {c_in} and C_out = {c_out} both divisible "
+                         f"by groups = {g}")
+    return g
+
+
 def conv2d_output_size(size: tuple[int, int], kernel_size: tuple[int, int],
                        stride: tuple[int, int], padding: tuple[int, int]) -> tuple[int, int]:
     """(OH, OW) for an input of spatial ``size`` (H, W): per axis

@@ -18,7 +18,9 @@ Blocks (submodule names follow torchvision, so its state dicts load as they are)
   (He et al. 2015, the CIFAR and ResNet-18/34 block).
 - ``Bottleneck``: conv1x1 BN ReLU conv3x3(stride) BN ReLU conv1x1(4x) BN,
   + shortcut, ReLU (ResNet-50/101/152; the stride sits on the 3x3 conv as in
-  torchvision's "v1.5").
+  torchvision's "v1.5"). With ``groups`` and ``base_width`` it is also the
+  ResNeXt block (Xie et al. 2017, Fig. 3c: the 3x3 conv grouped into
+  ``groups`` paths) and the wide ImageNet ResNets' block, as in torchvision.
 - ``PlainBlock``: ``BasicBlock`` without the shortcut (the paper's plain nets).
 - ``PreActBlock``, ``PreActBottleneck``: BN ReLU before each conv and nothing
   after the sum, so the identity path is clean (He et al. 2016).
@@ -54,9 +56,11 @@ SHORTCUT_OPTIONS = ("A", "B", "C", None)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1,
-            dtype: Any = "float32") -> Conv2d:
-    """3x3 convolution with padding 1 and no bias (a BN follows it)."""
-    return Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False, dtype=dtype)
+            dtype: Any = "float32", groups: int = 1) -> Conv2d:
+    """3x3 convolution with padding 1 and no bias (a BN follows it);
+    ``groups`` splits it into that many grouped convolutions (ResNeXt)."""
+    return Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False, dtype=dtype,
+                  groups=groups)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1,
@@ -102,8 +106,13 @@ class ShortcutA(Module):
         the kept channels' gradient goes back to the pixels they were sampled
         from (a scatter into a zero image by strided-slice assignment); the
         skipped pixels did not reach the output and get zero."""
-        (x_shape,) = self._take_cache()
+        (x_shape,) = self._take_cache(dout)   # checks dout's shape when called as a module
         sh, sw = self.stride
+        n, _, h, w = x_shape
+        expected = (n, self.out_planes, -(-h // sh), -(-w // sw))
+        if tuple(getattr(dout, "shape", ())) != expected:
+            raise ValueError(f"{self.describe()}: expected dout of the output's shape "
+                             f"{expected}, got {tuple(getattr(dout, 'shape', ()))}")
         xp = backend.namespace(dout)
         dx = channel_major_zeros(xp, x_shape, dout.dtype)
         dx[:, :, ::sh, ::sw] = dout[:, :self.in_planes, :, :]
@@ -193,7 +202,7 @@ class BasicBlock(_Block):
         return self.relu2(out)
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         dsum = self.relu2.backward(dout)            # through the ReLU after the sum
         if self.shortcut is None:
             dresidual = dsum
@@ -232,36 +241,57 @@ class Bottleneck(_Block):
     BN, with a shortcut and a ReLU after the sum (He et al. 2015, Fig. 5;
     the stride on the 3x3 conv as in torchvision's ResNet v1.5).
 
+    ResNeXt (Xie et al. 2017) splits the 3x3 conv into ``groups`` parallel
+    paths ("cardinality", their Fig. 3c: a grouped convolution) of
+    ``base_width * planes / 64`` channels each; the wide ResNets widen it
+    (``base_width = 128`` doubles it). The bottleneck's width is
+    torchvision's ``int(planes * base_width / 64) * groups``: ``planes`` for
+    ResNet, 4 x 32 = 128 in the first stage of ResNeXt-50 32x4d.
+
     Parameters
     ----------
     in_planes : channels of the input.
-    planes : channels of the 1x1 and 3x3 convolutions; the output has
-        ``4 * planes`` channels.
+    planes : sets the output, ``4 * planes`` channels, and the width above.
     stride : stride of the 3x3 convolution (and of the shortcut).
     shortcut : "A", "B", "C" or None.
     dtype : dtype of the parameters.
+    groups : groups of the 3x3 convolution (ResNeXt's cardinality C).
+    base_width : channels per group at ``planes = 64`` (ResNeXt's d in "C x d").
 
     Shapes: input (N, in_planes, H, W) -> output (N, 4 * planes, OH, OW),
-    ``OH = (H - 1) // stride + 1``.
+    ``OH = (H - 1) // stride + 1``; inside, (N, width, ...).
     """
 
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1,
-                 shortcut: str | None = "B", dtype: Any = "float32") -> None:
+                 shortcut: str | None = "B", dtype: Any = "float32", groups: int = 1,
+                 base_width: int = 64) -> None:
         super().__init__()
         self._setup(in_planes, planes, stride)
-        self.conv1 = conv1x1(in_planes, planes, 1, dtype)
-        self.bn1 = BatchNorm2d(planes, dtype=dtype)
+        self.groups, self.base_width = groups, base_width
+        # torchvision: int(planes * (base_width / 64.)) * groups
+        self.width = width = planes * base_width // 64 * groups
+        if width < 1:
+            raise ValueError(f"Bottleneck: planes * base_width / 64 = {planes} * {base_width} "
+                             "/ 64 gives no channel per group; expected at least 1")
+        self.conv1 = conv1x1(in_planes, width, 1, dtype)
+        self.bn1 = BatchNorm2d(width, dtype=dtype)
         self.relu1 = ReLU()
-        self.conv2 = conv3x3(planes, planes, stride, dtype)
-        self.bn2 = BatchNorm2d(planes, dtype=dtype)
+        self.conv2 = conv3x3(width, width, stride, dtype, groups=groups)
+        self.bn2 = BatchNorm2d(width, dtype=dtype)
         self.relu2 = ReLU()
-        self.conv3 = conv1x1(planes, self.out_planes, 1, dtype)
+        self.conv3 = conv1x1(width, self.out_planes, 1, dtype)
         self.bn3 = BatchNorm2d(self.out_planes, dtype=dtype)
         self.relu3 = ReLU()
         self.shortcut, self.downsample = _make_shortcut(shortcut, in_planes, self.out_planes,
                                                         stride, dtype)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.groups != 1 or self.base_width != 64:
+            s += f", width={self.width}, groups={self.groups}"
+        return s
 
     def forward(self, x: Array) -> Array:
         self._check(x)
@@ -277,7 +307,7 @@ class Bottleneck(_Block):
         return self.relu3(out)
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         dsum = self.relu3.backward(dout)            # through the ReLU after the sum
         if self.shortcut is None:
             dresidual = dsum
@@ -355,7 +385,7 @@ class PreActBlock(_Block):
         return out
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         # The sum hands dout unchanged to the residual branch and the shortcut.
         dresidual, dshortcut = add_backward(dout, add_cache)
         # Residual branch F in reverse, down to the pre-activated input.
@@ -420,7 +450,7 @@ class PreActBottleneck(_Block):
         return out
 
     def backward(self, dout: Array) -> Array:
-        (add_cache,) = self._take_cache()
+        (add_cache,) = self._take_cache(dout)
         # The sum hands dout unchanged to the residual branch and the shortcut.
         dresidual, dshortcut = add_backward(dout, add_cache)
         d = self.conv3.backward(dresidual)

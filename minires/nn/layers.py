@@ -77,18 +77,25 @@ class Conv2d(Module):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col.
 
     Input (N, C_in, H, W) -> output (N, C_out, OH, OW) with
-    ``OH = (H + 2*padding - KH) // stride + 1``. Weight (C_out, C_in, KH, KW),
-    He-normal initialized (fan-in, as in the paper); bias (C_out,) zeros.
+    ``OH = (H + 2*padding - KH) // stride + 1``. Weight (C_out, C_in / groups,
+    KH, KW), He-normal initialized (fan-in, as in the paper); bias (C_out,) zeros.
+
+    ``groups`` (PyTorch's meaning): the channels split into ``groups`` groups,
+    each convolved with its own ``C_out / groups`` filters (ResNeXt's
+    cardinality; ``groups = C_in`` is a depthwise convolution). Both channel
+    counts must be divisible by it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair = 0, bias: bool = True,
-                 dtype: Any = "float32") -> None:
+                 dtype: Any = "float32", groups: int = 1) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (
             _pair(kernel_size), _pair(stride), _pair(padding))
-        shape = (out_channels, in_channels, *self.kernel_size)
+        self.groups = F.conv.check_groups(groups, in_channels, out_channels,
+                                          f"Conv2d({in_channels}->{out_channels})")
+        shape = (out_channels, in_channels // self.groups, *self.kernel_size)
         self.weight = Parameter(init.kaiming_normal(shape, "fan_in", dtype))
         self.bias = Parameter(init.constant((out_channels,), 0.0, dtype)) if bias else None
 
@@ -101,6 +108,8 @@ class Conv2d(Module):
         if self.padding != (0, 0):
             p = self.padding
             s += f", padding={p[0] if p[0] == p[1] else p}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         return s
 
     def describe(self) -> str:
@@ -111,7 +120,8 @@ class Conv2d(Module):
         check_dtype(self, x, self.weight)
         check_window(self, x, self.kernel_size, self.padding)
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
+                                            self.groups)
         return out
 
     def backward(self, dout: Array, input_grad: bool = True) -> Array | None:
@@ -119,7 +129,7 @@ class Conv2d(Module):
         accumulate. ``input_grad=False`` skips dx and returns None: for the
         first layer of a network, whose input is the data."""
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), need_param_grads=need,
+        dx, dw, db = F.conv2d_backward(dout, self._take_cache(dout), need_param_grads=need,
                                        need_input_grad=input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
@@ -154,7 +164,7 @@ class Linear(Module):
 
     def backward(self, dout: Array) -> Array:
         need = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = F.linear_backward(dout, self._take_cache(), need_param_grads=need)
+        dx, dw, db = F.linear_backward(dout, self._take_cache(dout), need_param_grads=need)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -211,7 +221,7 @@ class _BatchNorm(Module):
 
     def backward(self, dout: Array) -> Array:
         need = self.weight.requires_grad or self.bias.requires_grad
-        grads = F.batchnorm_backward(dout, self._take_cache(), need_param_grads=need)
+        grads = F.batchnorm_backward(dout, self._take_cache(dout), need_param_grads=need)
         dx, dgamma, dbeta = grads[:3]
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
@@ -239,7 +249,7 @@ class ReLU(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
-        return F.relu_backward(dout, self._take_cache())
+        return F.relu_backward(dout, self._take_cache(dout))
 
 
 class _Pool2d(Module):
@@ -263,7 +273,7 @@ class _Pool2d(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
-        return getattr(F, f"{self._op}_backward")(dout, self._take_cache())
+        return getattr(F, f"{self._op}_backward")(dout, self._take_cache(dout))
 
 
 class MaxPool2d(_Pool2d):
@@ -286,11 +296,14 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x: Array) -> Array:
         check_input(self, x, "(N, C, H, W)", 4)
+        if x.shape[2] * x.shape[3] == 0:
+            raise ValueError(f"{self.describe()}: expected feature maps of at least 1x1, got "
+                             f"input {tuple(x.shape)}")
         out, self._cache = F.global_avgpool2d_forward(x)
         return out
 
     def backward(self, dout: Array) -> Array:
-        return F.global_avgpool2d_backward(dout, self._take_cache())
+        return F.global_avgpool2d_backward(dout, self._take_cache(dout))
 
 
 class Flatten(Module):
@@ -304,4 +317,4 @@ class Flatten(Module):
         return out
 
     def backward(self, dout: Array) -> Array:
-        return F.flatten_backward(dout, self._take_cache())
+        return F.flatten_backward(dout, self._take_cache(dout))

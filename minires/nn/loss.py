@@ -56,4 +56,4 @@ class CrossEntropyLoss(Module):
 
     def backward(self, dout: Any = 1.0) -> Array:
         """Gradient of ``dout * loss`` with respect to the logits, shape (N, K)."""
-        return F.softmax_cross_entropy_backward(dout, self._take_cache())
+        return F.softmax_cross_entropy_backward(dout, self._take_cache(dout))

@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import Array
+from ..grad_mode import is_grad_enabled
 
 
 class Parameter:
@@ -51,6 +53,10 @@ class Parameter:
     def dtype(self) -> Any:
         return self.data.dtype
 
+    def numel(self) -> int:
+        """Number of values (PyTorch's name): the product of the shape."""
+        return math.prod(self.shape)
+
     def accumulate(self, grad: Array | None) -> None:
         """Add ``grad`` into ``.grad`` (gradients accumulate, like PyTorch)."""
         if not self.requires_grad or grad is None:
@@ -63,6 +69,13 @@ class Parameter:
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, " \
                f"requires_grad={self.requires_grad})"
+
+
+class _Saved(NamedTuple):
+    """A forward's cache with the shape of its output (set by ``Module.__call__``)."""
+
+    cache: Any
+    out_shape: tuple[int, ...]
 
 
 class IncompatibleKeys(NamedTuple):
@@ -134,17 +147,39 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        """Run ``forward``. Under ``minires.no_grad()`` the cache it kept is
+        dropped at once; otherwise the output's shape is kept with it, so the
+        backward can check ``dout`` before using the cache (``_take_cache``)."""
+        out = self.forward(*args, **kwargs)
+        cache = self.__dict__.get("_cache")
+        if cache is not None:
+            if not is_grad_enabled():
+                self._cache = None
+            elif not isinstance(cache, _Saved):
+                self._cache = _Saved(cache, tuple(getattr(out, "shape", ())))
+        return out
 
-    def _take_cache(self) -> Any:
+    def _take_cache(self, dout: Any = None) -> Any:
         """Return the cache saved by the last forward and forget it, so a second
-        backward without a new forward raises instead of reusing stale data."""
+        backward without a new forward raises instead of reusing stale data.
+
+        Given ``dout``, first check that it has the shape of the forward's
+        output (when the forward ran through ``__call__``): a wrong one raises
+        ``ValueError`` naming this module and keeps the cache, so a corrected
+        call still works."""
         cache = self.__dict__.get("_cache")
         if cache is None:
             raise RuntimeError(
                 f"{self.describe()}: backward called without a matching forward "
-                "(each forward allows one backward)"
+                "(each forward allows one backward; a forward under no_grad() keeps "
+                "nothing for one)"
             )
+        if isinstance(cache, _Saved):
+            got = tuple(getattr(dout, "shape", ()))
+            if dout is not None and got != cache.out_shape:
+                raise ValueError(f"{self.describe()}: expected dout of the output's shape "
+                                 f"{cache.out_shape}, got {got}")
+            cache = cache.cache
         self._cache = None
         return cache
 
@@ -181,7 +216,21 @@ class Module:
 
     def num_parameters(self) -> int:
         """Total number of learnable values (what the papers count)."""
-        return sum(int(np.prod(p.shape)) for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self, input_shape: tuple[int, ...], depth: int = 3) -> Any:
+        """A torchinfo-style table of each layer's output shape, parameters
+        and FLOPs for inputs of ``input_shape`` (N, C, H, W), with the totals.
+
+        Returns a ``minires.summary.ModelSummary``: print it, or let a notebook
+        show it; ``.total_params``, ``.trainable_params``, ``.total_macs`` and
+        ``.total_flops`` hold the totals. Runs one forward pass on a batch of
+        one in eval mode under ``no_grad`` and leaves the model as it was;
+        see ``minires.summary`` for how FLOPs are counted.
+        """
+        from ..summary import summarize
+
+        return summarize(self, input_shape, depth)
 
     # ---- modes and gradients -------------------------------------------
     def train(self, mode: bool = True) -> Module:
@@ -222,11 +271,18 @@ class Module:
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state`` (NumPy/CuPy arrays or torch tensors).
 
-        Shapes must match exactly; a mis-shaped entry always raises. With
-        ``strict=True``, missing and unexpected keys raise ``KeyError`` listing
-        them by name; with ``strict=False`` they are returned. Values take the
-        dtype and backend of the existing entry. ``num_batches_tracked`` is
-        accepted and ignored when this model has no such buffer.
+        All or nothing: every value is checked (shape, and that it converts to
+        the entry's dtype) before any is written, so a bad entry leaves the
+        module as it was; the error names the key. Shapes must match exactly;
+        a mis-shaped entry always raises ``ValueError``. With ``strict=True``,
+        missing and unexpected keys raise ``KeyError`` listing them by name;
+        with ``strict=False`` they are returned. Values take the dtype and
+        backend of the existing entry.
+
+        ``num_batches_tracked`` follows PyTorch: an extra one is ignored when
+        this model has no such buffer, and a missing one (weights from other
+        tools often lack it) is not an error, even when strict: the counter
+        starts again at 0.
         """
         own: dict[str, tuple[Module, str, bool]] = {}
         for mod_name, mod in self.named_modules():
@@ -235,30 +291,43 @@ class Module:
                 own[pre + name] = (mod, name, True)
             for name in mod._buffers:
                 own[pre + name] = (mod, name, False)
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
+        counters = [k for k in own if _is_counter(k) and k not in state]
+        missing = [k for k in own if k not in state and k not in counters]
+        unexpected = [k for k in state if k not in own and not _is_counter(k)]
         if strict and (missing or unexpected):
             raise KeyError(
                 f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
                 f"unexpected keys {unexpected}"
             )
+        # First convert every value (nothing written yet), then write them all.
+        where = f"{type(self).__name__}.load_state_dict"
+        values: dict[str, Array] = {}
         wrong = []
         for key, (mod, name, is_param) in own.items():
-            if key not in state:
+            if key not in state and key not in counters:
                 continue
             current = mod._parameters[name].data if is_param else mod._buffers[name]
-            value = backend.to_numpy(state[key])
+            if key in counters:
+                values[key] = backend.namespace(current).zeros_like(current)
+                continue
+            try:
+                value = _host_numbers(state[key])
+            except Exception as err:  # whatever the value is, the message names the key
+                raise ValueError(f"{where}: {key}: cannot convert {type(state[key]).__name__} "
+                                 f"to an array of numbers ({err})") from err
             if tuple(value.shape) != tuple(current.shape):
                 wrong.append(f"{key}: expected {tuple(current.shape)}, got {tuple(value.shape)}")
-        if wrong:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: shape mismatch for "
-                             + "; ".join(wrong))
-        for key, (mod, name, is_param) in own.items():
-            if key not in state:
                 continue
-            current = mod._parameters[name].data if is_param else mod._buffers[name]
-            value = backend.namespace(current).asarray(
-                backend.to_numpy(state[key]), dtype=current.dtype, copy=True)
+            try:
+                values[key] = backend.namespace(current).asarray(value, dtype=current.dtype,
+                                                                 copy=True)
+            except (TypeError, ValueError, OverflowError) as err:
+                raise ValueError(f"{where}: {key}: cannot convert dtype {value.dtype} to "
+                                 f"{current.dtype} ({err})") from err
+        if wrong:
+            raise ValueError(f"{where}: shape mismatch for " + "; ".join(wrong))
+        for key, value in values.items():
+            mod, name, is_param = own[key]
             if is_param:
                 mod._parameters[name].data = value
             else:
@@ -268,18 +337,27 @@ class Module:
     def to(self, dtype: Any = None, device: str | None = None) -> Module:
         """Cast floating parameters and buffers to ``dtype`` and/or move every
         array to ``device`` ("cpu"/"numpy", "cuda"/"cupy", or "array_api_strict").
+        As in PyTorch, a device may also come first: ``model.to("cpu")``.
         Integer buffers (``num_batches_tracked``) keep their dtype. Gradients are
         cleared. Returns ``self``, changed in place, like PyTorch."""
+        if isinstance(dtype, str) and dtype.strip().lower().split(":")[0] in _DEVICES:
+            if device is not None:
+                raise ValueError(f"{type(self).__name__}.to: two devices given, {dtype!r} "
+                                 f"and {device!r}")
+            dtype, device = None, dtype
+        target = None
         if device is not None:
-            alias = {"cpu": "numpy", "cuda": "cupy", "gpu": "cupy"}
-            name = alias.get(device, device)
-            target = backend._load(name)
+            name = str(device).strip().lower().split(":")[0]   # "cuda:0" -> "cuda"
+            if name not in _DEVICES:
+                raise ValueError(f"{type(self).__name__}.to: unknown device {device!r}; "
+                                 f"expected one of {sorted(_DEVICES)}")
+            target = backend._load(_DEVICES[name])
         for mod in self.modules():
             for p in mod._parameters.values():
-                p.data = _convert(p.data, dtype, target if device is not None else None)
+                p.data = _convert(p.data, dtype, target)
                 p.grad = None
             for k, b in list(mod._buffers.items()):
-                mod._buffers[k] = _convert(b, dtype, target if device is not None else None)
+                mod._buffers[k] = _convert(b, dtype, target)
             mod._cache = None
         return self
 
@@ -292,14 +370,33 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def __repr__(self) -> str:
-        if not self._modules:
-            return self.describe()
+        if not self._modules:  # the full extra_repr (a conv's kernel, stride, padding),
+            return f"{type(self).__name__}({self.extra_repr()})"  # not describe()'s short form
         lines = [f"{type(self).__name__}("]
+        if self.extra_repr():  # as PyTorch prints it: first, inside the parentheses
+            lines.append(f"  {self.extra_repr()}")
         for name, child in self._modules.items():
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
         lines.append(")")
         return "\n".join(lines)
+
+
+_DEVICES = {"cpu": "numpy", "numpy": "numpy", "cuda": "cupy", "gpu": "cupy", "cupy": "cupy",
+            "array_api_strict": "array_api_strict"}
+
+
+def _is_counter(key: str) -> bool:
+    return key == "num_batches_tracked" or key.endswith(".num_batches_tracked")
+
+
+def _host_numbers(value: Any) -> np.ndarray:
+    """``value`` as a NumPy array of booleans, integers or reals; ``ValueError``
+    for anything else (strings, objects, complex numbers)."""
+    a = backend.to_numpy(value)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"dtype {a.dtype} holds no real numbers")
+    return a
 
 
 def _convert(a: Array, dtype: Any, target_xp: Any) -> Array:
@@ -353,5 +450,5 @@ class Identity(Module):
         return x
 
     def backward(self, dout: Array) -> Array:
-        self._take_cache()
+        self._take_cache(dout)
         return dout

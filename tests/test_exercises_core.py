@@ -1,0 +1,127 @@
+"""The checker framework: results, messages, never raising on a wrong answer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minires.exercises import CheckResult, check_relu
+from minires.exercises.core import MISSING, Check
+from minires.functional import relu_backward, relu_forward
+
+
+def test_library_relu_passes():
+    result = check_relu(relu_forward, relu_backward)
+    assert result.passed and result.implemented, str(result)
+    assert "PASSED" in str(result) and "dx" in str(result)
+
+
+def test_stub_is_not_implemented_and_does_not_raise():
+    def forward(x):
+        raise NotImplementedError
+
+    result = check_relu(forward, relu_backward)
+    assert not result.passed and not result.implemented
+    assert result.status == "not implemented yet"
+    assert "not implemented yet" in str(result)
+    assert "WRONG" not in str(result)
+
+
+def test_backward_stub_after_working_forward():
+    def backward(dout, cache):
+        raise NotImplementedError("fill me")
+
+    result = check_relu(relu_forward, backward)
+    assert not result.implemented and "not implemented yet" in str(result)
+
+
+def test_exception_is_reported_with_the_students_line():
+    def forward(x):
+        return x.reshape(7, -1, 3), None                  # raises ValueError
+
+    result = check_relu(forward, relu_backward)
+    assert not result.passed and result.implemented
+    text = str(result)
+    assert "ValueError" in text and "x.reshape(7, -1, 3)" in text
+
+
+def test_identity_forward_gets_its_hint():
+    result = check_relu(lambda x: (x, x), lambda dout, x: dout * (x > 0))
+    assert not result.passed
+    assert "WRONG   out" in str(result) and "negative inputs must become 0" in str(result)
+
+
+def test_inverted_mask_gets_its_hint():
+    result = check_relu(lambda x: (np.maximum(x, 0), x), lambda dout, x: dout * (x <= 0))
+    text = str(result)
+    assert not result.passed
+    assert "WRONG   dx" in text and "the mask is inverted" in text
+
+
+def test_in_place_backward_is_caught():
+    def backward(dout, x):
+        dout[x <= 0] = 0                                  # modifies the incoming gradient
+        return dout
+
+    result = check_relu(lambda x: (np.maximum(x, 0), x), backward)
+    assert not result.passed
+    assert "dout was modified in place" in str(result)
+
+
+def test_wrong_return_type_is_named():
+    result = check_relu(lambda x: np.maximum(x, 0), relu_backward)
+    assert not result.passed
+    assert "should return a tuple (out, cache), got a ndarray" in str(result)
+
+
+def test_compare_shape_mismatch_names_both_shapes_and_transpose():
+    check = Check("c")
+    assert not check.compare("dw", np.zeros((3, 2)), np.zeros((2, 3)), tol=1e-8)
+    result = check.result()
+    assert "dw has shape (3, 2), expected (2, 3)" in str(result)
+    assert "transposed shape" in str(result)
+
+
+def test_compare_constant_factor_and_sign_hints():
+    expected = np.arange(1.0, 7.0).reshape(2, 3)
+    check = Check("c")
+    check.compare("db", expected * 4, expected, tol=1e-8)
+    check.compare("dx", -expected, expected, tol=1e-8)
+    text = str(check.result())
+    assert "times 4" in text and "wrong sign" in text
+
+
+def test_compare_permuted_values_hint():
+    expected = np.arange(6.0).reshape(2, 3)
+    check = Check("c")
+    check.compare("out", expected.T.reshape(2, 3), expected, tol=1e-8)
+    assert "wrong places" in str(check.result())
+
+
+def test_compare_none_nan_and_non_numeric():
+    check = Check("c")
+    assert not check.compare("a", None, np.zeros(2), tol=1e-8)
+    assert not check.compare("b", np.array([np.nan, 0.0]), np.zeros(2), tol=1e-8)
+    assert not check.compare("c", "text", np.zeros(2), tol=1e-8)
+    text = str(check.result())
+    assert "a is None" in text and "b contains NaN" in text and "c is a str" in text
+
+
+def test_call_returns_missing_and_result_is_falsey():
+    check = Check("c")
+    assert check.call("f", lambda: 1 / 0) is MISSING
+    result = check.result()
+    assert isinstance(result, CheckResult) and not result
+    assert "ZeroDivisionError" in str(result)
+    try:
+        result.assert_ok()
+    except AssertionError as exc:
+        assert "ZeroDivisionError" in str(exc)
+    else:
+        raise AssertionError("assert_ok did not raise")
+
+
+def test_all_zero_answer_gets_its_own_hint_not_times_zero():
+    check = Check("c")
+    check.compare("dx", np.zeros((2, 3)), np.arange(1.0, 7.0).reshape(2, 3), tol=1e-8)
+    text = str(check.result())
+    assert "dx is all zeros" in text and "times 0" not in text
