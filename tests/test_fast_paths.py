@@ -498,22 +498,29 @@ def test_the_switch_changes_the_code_that_runs():
 
 
 def test_minires_fast_0_in_the_environment_runs_the_reference():
-    """MINIRES_FAST=0 in a fresh process: the switch is off and no function
-    of the engine's files runs in a training step."""
+    """MINIRES_FAST=0 in a fresh process: the switch is off, no function of
+    the engine's ops runs in a training step and no work is shared over
+    threads (``parallel.threads()`` reads the thread count); BLAS runs on one
+    thread beside minires's count of two (the thread policy does not depend
+    on the switch: two BLAS threads made the reference 4-8x slower next to
+    another busy process)."""
     code = (
         "import os, test_fast_paths as t, minires.fast as fast\n"
+        "from threadpoolctl import threadpool_info\n"
         "called = t._calls(t._train_step)\n"
-        "print(fast.is_enabled(), sorted({f for f, _ in called} & (t.ENGINE_FILES | "
-        "{os.path.join('fast', 'parallel.py')})))\n"
+        "print(fast.is_enabled(), sorted({f for f, _ in called} & t.ENGINE_FILES), "
+        "sorted(n for f, n in called if f == os.path.join('fast', 'parallel.py') "
+        "and n.startswith('over_')), "
+        "sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))\n"
     )
-    env = dict(os.environ, MINIRES_FAST="0")
+    env = dict(os.environ, MINIRES_FAST="0", MINIRES_THREADS="2", OPENBLAS_NUM_THREADS="2")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent),
                                          str(Path(minires.fast.__file__).parents[2]),
                                          env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[-2] == "False []"
+    assert done.stdout.split("\n")[-2] == "False [] [] [1]"
 
 
 def test_the_switch_reads_minires_fast_and_rejects_other_words(monkeypatch):

@@ -40,6 +40,15 @@ The switch: the engine is on unless the environment sets ``MINIRES_FAST=0``
 The switch is read at every call of a public op, so it may change between a
 forward and a backward pass: the caches of an op's two versions are
 interchangeable.
+
+Threads do not depend on the switch: from the first public op on, BLAS runs
+on one thread whenever minires counts more than one (``MINIRES_THREADS``,
+default the usable cores; ``parallel.set_threads(1)`` gives BLAS its threads
+back), engine on or off. With the engine off nothing else starts threads, so
+the textbook's code runs on one core. A multi-threaded OpenBLAS next to other
+busy processes is a trap: its waiting threads spin, and two processes of the
+reference code side by side (as ``pytest -n 2`` runs them) each took 4-8x
+longer with two BLAS threads than with one.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ def enable(on: bool = True) -> None:
     for the whole process (it overrides ``MINIRES_FAST``)."""
     global _on
     _on = bool(on)
+    parallel.threads()        # the thread policy, the same either way (module docstring)
 
 
 @contextmanager
@@ -89,3 +99,4 @@ def enabled(on: bool = True) -> Iterator[None]:
 # here, after the switch above, keeps that order whichever module a program
 # imports first.
 from .. import functional as _functional  # noqa: E402, F401
+from . import parallel  # noqa: E402  (imports nothing of minires)
