@@ -35,7 +35,7 @@ How it is computed
   ``total_flops`` adds all of these (the elementwise part is about 1% of a
   ResNet's); ``total_macs`` counts the convolutions and linear layers only.
   ResNet-20 on one 32x32 image: 40.6M MACs, 81.8M FLOPs (the forward part
-  of the 242 MFLOP of a training step that REFERENCE.md quotes).
+  of the about 242 MFLOP of a training step measured for a 32x32 image).
 
 Use::
 

@@ -170,7 +170,7 @@ def check_resnet_param_count(resnet_param_count: Callable[..., Any]) -> CheckRes
     ("basic" or "bottleneck") and ``layers`` blocks per stage (e.g.
     ``("bottleneck", (3, 4, 6, 3), 1000)`` is ResNet-50, 25,557,032).
 
-    The network (REFERENCE.md, torchvision's layout): a 7x7 stride-2 conv
+    The network (torchvision's layout, He et al. 2015 Table 1): a 7x7 stride-2 conv
     3 -> 64 and BN; four stages of planes 64, 128, 256, 512, whose blocks
     output ``planes * expansion`` channels (1 for basic, 4 for bottleneck);
     a ``downsample`` (1x1 conv and BN) on a block whose stride or channels
