@@ -125,3 +125,34 @@ def test_all_zero_answer_gets_its_own_hint_not_times_zero():
     check.compare("dx", np.zeros((2, 3)), np.arange(1.0, 7.0).reshape(2, 3), tol=1e-8)
     text = str(check.result())
     assert "dx is all zeros" in text and "times 0" not in text
+
+
+def test_merge_folds_configurations_and_stops_at_the_first_failure():
+    overall = Check("c")
+    good = Check("c")
+    good.compare("out", np.ones(3), np.ones(3), tol=1e-10)
+    assert overall.merge(good, "x (1, 3)", "ok      x (1, 3): out matches", left=2)
+    bad = Check("c")
+    bad.compare("out", -np.ones(3), np.ones(3), tol=1e-10)
+    assert not overall.merge(bad, "x (2, 3)", "unused", left=1)
+    result = overall.result()
+    text = str(result)
+    assert not result.passed and result.implemented, text
+    assert "ok      x (1, 3): out matches" in text and "unused" not in text
+    assert "in the configuration x (2, 3):" in text and "\n    WRONG   out" in text, text
+    assert "sign" in text                                     # the sub-check's hint is kept
+    assert "(stopped here: 1 more configuration to go once this one passes)" in text
+
+
+def test_merge_of_the_last_configuration_or_a_stub():
+    overall = Check("c")
+    bad = Check("c")
+    bad.compare("out", -np.ones(3), np.ones(3), tol=1e-10)
+    assert not overall.merge(bad, "x (2, 3)", "unused")
+    assert "stopped here" not in str(overall.result())
+    overall, stub = Check("c"), Check("c")
+    stub.call("forward", lambda: (_ for _ in ()).throw(NotImplementedError))
+    assert not overall.merge(stub, "x (2, 3)", "unused", left=3)
+    result = overall.result()
+    assert not result.implemented and result.status == "not implemented yet"
+    assert "configuration" not in str(result), str(result)

@@ -206,25 +206,6 @@ def _check_conv_config(forward: Callable, backward: Callable, config, seed: int
     return check, float("nan")
 
 
-def _merge(into: Check, sub: Check, header: str, summary: str) -> bool:
-    """Fold one configuration's check into the checker's: one line when it
-    passed, its header and every line and hint when it did not. Returns
-    whether it passed."""
-    if not sub.failed:
-        into.note(summary)
-        return True
-    into.failed = True
-    if not sub.implemented:                 # only "not implemented yet" is worth showing
-        into.implemented = False
-        into.lines.extend(sub.lines)
-        return False
-    into.lines.append(f"in the configuration {header}:")
-    into.lines.extend(f"  {line}" for line in sub.lines)
-    for h in sub.hints:
-        into.hint(h)
-    return False
-
-
 def _largest_error(pairs) -> float:
     return max(rel_error(as_float64(a), as_float64(e)) for a, e in pairs)
 
@@ -257,10 +238,7 @@ def check_conv2d(forward: Callable, backward: Callable) -> CheckResult:
         sub, err = _check_conv_config(forward, backward, config, seed=k)
         summary = (f"ok      {header}: out, dx, dw, db match (largest relative error "
                    f"{err:.1e}; a correct answer is below {TOL:.0e})")
-        if not _merge(result, sub, header, summary):
-            if k + 1 < len(CONV_CONFIGS):
-                result.note(f"(the {len(CONV_CONFIGS) - k - 1} other configurations run "
-                            "once this one passes)")
+        if not result.merge(sub, header, summary, left=len(CONV_CONFIGS) - k - 1):
             break
     return result.result()
 
@@ -321,7 +299,7 @@ def check_im2col(im2col_fn: Callable) -> CheckResult:
                         mistakes=_im2col_mistakes(x, kernel, stride, padding))
             sub.unchanged("x", x, x_given)
         summary = f"ok      {header}: cols {ref.shape} match"
-        if not _merge(result, sub, header, summary):
+        if not result.merge(sub, header, summary, left=len(COLS_CONFIGS) - k - 1):
             break
     return result.result()
 
@@ -368,6 +346,6 @@ def check_col2im(col2im_fn: Callable) -> CheckResult:
                          f"<x, your col2im(cols)> = {rhs:.6f}: an adjoint makes them equal")
             sub.unchanged("cols", cols, cols_given)
         summary = f"ok      {header}: x {tuple(x_shape)} matches"
-        if not _merge(result, sub, header, summary):
+        if not result.merge(sub, header, summary, left=len(COLS_CONFIGS) - k - 1):
             break
     return result.result()

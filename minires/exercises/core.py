@@ -261,6 +261,33 @@ class Check:
             return False
         return True
 
+    def merge(self, sub: Check, header: str, summary: str, left: int = 0,
+              what: str = "configurations") -> bool:
+        """Fold the check of one configuration, ``sub``, into this one.
+
+        A passed configuration adds its one-line ``summary``; a failed one adds
+        ``header``, every line of ``sub`` indented, its hints, and, when
+        ``left`` more ``what`` wait behind it, a line saying they run once it
+        passes. Only "not implemented yet" is kept from a stub. Returns whether
+        ``sub`` passed, so that a checker stops at the first failure.
+        """
+        if not sub.failed:
+            self.note(summary)
+            return True
+        self.failed = True
+        if not sub.implemented:
+            self.implemented = False
+            self.lines.extend(sub.lines)
+            return False
+        self.lines.append(f"in the configuration {header}:")
+        self.lines.extend(f"  {line}" for line in sub.lines)
+        for h in sub.hints:
+            self.hint(h)
+        if left > 0:
+            noun = what[:-1] if left == 1 and what.endswith("s") else what
+            self.note(f"(stopped here: {left} more {noun} to go once this one passes)")
+        return False
+
     # ---- recording ------------------------------------------------------------
 
     def fail(self, message: str) -> None:

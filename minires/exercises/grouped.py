@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import conv2d_backward, conv2d_forward
-from .conv import _largest_error, _merge
+from .conv import _largest_error
 from .core import Check, CheckResult
 
 TOL = 1e-10
@@ -274,10 +274,7 @@ def check_grouped_conv2d(forward: Callable, backward: Callable | None = None) ->
         sub, err = _check_config(forward, backward, config, seed=1100 + k)
         summary = (f"ok      {header}: {parts} (largest relative error {err:.1e}; a correct "
                    f"answer is below {TOL:.0e})")
-        if not _merge(result, sub, header, summary):
-            if k + 1 < len(CONFIGS):
-                result.note(f"(the {len(CONFIGS) - k - 1} other configurations run once this "
-                            "one passes)")
+        if not result.merge(sub, header, summary, left=len(CONFIGS) - k - 1):
             break
     if backward is None and not result.failed:
         result.note("the forward pass is right; check_grouped_conv2d(forward, backward) "

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import batchnorm_backward, batchnorm_forward
-from .conv import _merge
 from .core import Check, CheckResult, as_float64, rel_error
 
 TOL = 1e-9
@@ -206,10 +205,8 @@ def check_batchnorm(forward: Callable, backward: Callable) -> CheckResult:
         sub, err = _check_batchnorm_config(forward, backward, shape, seed=k)
         summary = (f"ok      {header}: out, dx, dgamma, dbeta match (largest relative error "
                    f"{err:.1e}; a correct answer is below {TOL:.0e})")
-        if not _merge(result, sub, header, summary):
-            if k + 1 < len(BN_CONFIGS):
-                result.note(f"(the {len(BN_CONFIGS) - k - 1} other shapes run once this one "
-                            "passes)")
+        if not result.merge(sub, header, summary, left=len(BN_CONFIGS) - k - 1,
+                            what="shapes"):
             break
     return result.result()
 
