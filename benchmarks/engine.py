@@ -89,23 +89,29 @@ def _engine(on: bool, threads: int) -> None:
     parallel.set_threads(threads)       # T threads, BLAS on one (a no-op after the first call)
 
 
-def _time_pair(run: Any, reps: int, threads: int, warmup: int = 1) -> dict[str, Any]:
-    """Median ms of ``run`` on the engine and on the reference, and the ratios."""
+def _interleaved(run: Any, switch: Any, reps: int, warmup: int) -> dict[str, Any]:
+    """Median ms of ``run`` after ``switch(True)`` and after ``switch(False)``,
+    the two alternating in A-B, B-A order, and the paired ratios off/on."""
     times: dict[bool, list[float]] = {True: [], False: []}
     for r in range(warmup + reps):
         for on in ((True, False) if r % 2 == 0 else (False, True)):
-            _engine(on, threads)
+            switch(on)
             time.sleep(PAUSE)
             t0 = time.perf_counter()
             run()
             dt = time.perf_counter() - t0
             if r >= warmup:
                 times[on].append(dt)
-    ratios = [ref / fast for fast, ref in zip(times[True], times[False], strict=True)]
+    ratios = [off / on for on, off in zip(times[True], times[False], strict=True)]
     return {"engine_ms": 1e3 * statistics.median(times[True]),
             "reference_ms": 1e3 * statistics.median(times[False]),
             "speedup": statistics.median(ratios), "speedup_min": min(ratios),
             "speedup_max": max(ratios), "reps": reps}
+
+
+def _time_pair(run: Any, reps: int, threads: int, warmup: int = 1) -> dict[str, Any]:
+    """Median ms of ``run`` on the engine and on the reference, and the ratios."""
+    return _interleaved(run, lambda on: _engine(on, threads), reps, warmup)
 
 
 # The engine's fast paths, family by family (the public ops of minires.functional).
@@ -130,25 +136,11 @@ def _time_without(run: Any, names: tuple[str, ...], reps: int, threads: int,
         for op, f in zip(ops, fast, strict=True):
             op.fast = f if on else op.reference
 
-    times: dict[bool, list[float]] = {True: [], False: []}
     _engine(True, threads)
     try:
-        for r in range(warmup + reps):
-            for on in ((True, False) if r % 2 == 0 else (False, True)):
-                use_fast(on)
-                time.sleep(PAUSE)
-                t0 = time.perf_counter()
-                run()
-                dt = time.perf_counter() - t0
-                if r >= warmup:
-                    times[on].append(dt)
+        return _interleaved(run, use_fast, reps, warmup)
     finally:
         use_fast(True)
-    ratios = [without / whole for whole, without in zip(times[True], times[False], strict=True)]
-    return {"engine_ms": 1e3 * statistics.median(times[True]),
-            "reference_ms": 1e3 * statistics.median(times[False]),
-            "speedup": statistics.median(ratios), "speedup_min": min(ratios),
-            "speedup_max": max(ratios), "reps": reps}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
