@@ -89,6 +89,12 @@ class DownsampleOnlyWhenStrided(Block):
         return stride != 1
 
 
+class DownsampleOnlyWhenChannelsChange(Block):
+    # passes at (4, 4, 1), (4, 8, 2) and (4, 8, 1): only (4, 4, 2) shows it
+    def needs_projection(self, in_planes, planes, stride):
+        return in_planes != planes
+
+
 class DownsampleAlways(Block):
     def needs_projection(self, in_planes, planes, stride):
         return True
@@ -170,7 +176,8 @@ def _text(block_class):
 def test_library_basic_block_with_option_b_passes():
     result, text = _text(lambda i, p, s: nn.BasicBlock(i, p, s, shortcut="B"))
     assert result.passed and result.implemented, text
-    for case in ("[4->4, stride 1]", "[4->8, stride 2]", "[4->8, stride 1]"):
+    for case in ("[4->4, stride 1]", "[4->8, stride 2]", "[4->8, stride 1]",
+                 "[4->4, stride 2]"):
         assert f"ok      {case} out" in text and f"ok      {case} dx" in text
     assert "accumulate over two backward passes" in text
 
@@ -186,6 +193,7 @@ def test_correct_student_block_passes():
     (ReluBeforeSum, "the ReLU must come after the sum"),
     (NoDownsample, "self.downsample = Sequential(Conv2d("),
     (DownsampleOnlyWhenStrided, "self.downsample = Sequential(Conv2d("),
+    (DownsampleOnlyWhenChannelsChange, "self.downsample = Sequential(Conv2d("),
     (DownsampleAlways, "the shortcut is the identity, with no downsample"),
     (DownsampleWrongStride, "the downsample's 1x1 conv has stride 1"),
     (StrideOnConv2, "the block's stride belongs to conv1"),

@@ -31,8 +31,10 @@ TOL = 1e-8
 BLOCK_CHILDREN = ("conv1", "bn1", "conv2", "bn2")
 
 # (in_planes, planes, stride): identity shortcut; projection with stride 2;
-# projection at stride 1 (the channels change, the size does not).
-BLOCK_CASES = ((4, 4, 1), (4, 8, 2), (4, 8, 1))
+# projection at stride 1 (the channels change, the size does not); projection
+# at stride 2 with the channels kept (the size changes, the channels do not: a
+# block that projects only where the channels change fails here).
+BLOCK_CASES = ((4, 4, 1), (4, 8, 2), (4, 8, 1), (4, 4, 2))
 
 _REUSED_RELU = "backward called without a matching forward"
 
@@ -299,8 +301,8 @@ def check_residual_block(block_class: Callable[[int, int, int], Module]) -> Chec
     Compared with ``minires.nn.BasicBlock(in_planes, planes, stride,
     shortcut="B")`` on the same float64 weights (the reference's state dict
     is loaded into the student's block), in training mode, for (in_planes,
-    planes, stride) = (4, 4, 1), (4, 8, 2) and (4, 8, 1) on (3, 4, 5, 5)
-    inputs: the output, ``dx``, every parameter gradient, the gradients'
+    planes, stride) = (4, 4, 1), (4, 8, 2), (4, 8, 1) and (4, 4, 2) on
+    (3, 4, 5, 5) inputs: the output, ``dx``, every parameter gradient, the gradients'
     accumulation over a second forward and backward, and ``dout`` left
     unmodified.
     """
