@@ -157,6 +157,14 @@ class ModifiesDoutInPlace(Block):
         return dx_residual + dx_shortcut
 
 
+class AddsIntoItsInput(Block):
+    def forward(self, x):
+        if self.downsample is not None:
+            return super().forward(x)
+        x += self.residual(x)                 # the caller's x, which conv1 cached
+        return self.relu2(x)
+
+
 class Stub(nn.Module):
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
@@ -201,6 +209,7 @@ def test_correct_student_block_passes():
     (OneReluTwice, "one ReLU module cannot be used twice"),
     (OverwritesParameterGrads, "Parameter gradients accumulate"),
     (ModifiesDoutInPlace, "dout was modified in place"),
+    (AddsIntoItsInput, "[4->4, stride 1] x was modified in place by forward"),
 ])
 def test_typical_wrong_block_fails_with_its_hint(wrong, expected):
     result, text = _text(wrong)
@@ -286,6 +295,13 @@ class AddsInPlace(Residual):
         return dx
 
 
+class AddsIntoItsInputWrapper(Residual):
+    def forward(self, x):
+        out = self.inner(x)                   # the identity returns x itself
+        out += x
+        return out
+
+
 class WrapperStub(nn.Module):
     def __init__(self, inner):
         super().__init__()
@@ -303,6 +319,7 @@ def test_correct_wrapper_passes():
     (DropsTheSkipGrad, "the shortcut's gradient is missing"),
     (OnlyTheSkipGrad, "the gradient through F is missing"),
     (AddsInPlace, "`dx += dout` adds into the caller's array"),
+    (AddsIntoItsInputWrapper, "`out += x` adds into the caller's array"),
 ])
 def test_typical_wrong_wrapper_fails_with_its_hint(wrong, expected):
     result = check_residual_wrapper(wrong)

@@ -122,6 +122,16 @@ def _as_module(check: Check, what: str, value: Any) -> Module | None:
     return value
 
 
+def _input_kept(check: Check, what: str, x: np.ndarray, x_given: np.ndarray) -> bool:
+    """Record a failure if the forward pass modified its input ``x`` in place
+    (the layer before may have kept that array for its own backward)."""
+    if np.array_equal(x_given, x):
+        return True
+    check.fail(f"{what} x was modified in place by forward; a forward pass must leave its "
+               "input untouched (the layer before may keep it for its backward)")
+    return False
+
+
 # ---- the skip connection as a module -----------------------------------------
 
 def check_residual_wrapper(residual_class: Callable[[Module], Module]) -> CheckResult:
@@ -163,9 +173,14 @@ def _check_residual_wrapper(residual_class: Callable[[Module], Module]) -> Check
                                       residual_class, student_inner))
         if block is None:
             break
-        out = check.call(f"forward [{label}]", block, x.copy())
+        x_given = x.copy()
+        out = check.call(f"forward [{label}]", block, x_given)
         if out is MISSING:
             break
+        if not _input_kept(check, f"[{label}]", x, x_given):
+            check.hint("x changed: inner(x) may hand back x itself (the identity does), so "
+                       "`out += x` adds into the caller's array. Write out = inner(x) + x, "
+                       "a new array.")
         check.compare(f"[{label}] out", out, out_ref, TOL, mistakes=[
             (f_x, "out equals F(x): the block must add its input back, out = F(x) + x."),
             (x, "out equals x: the residual branch F(x) was left out of the sum."),
@@ -348,13 +363,15 @@ def _block_case(check: Check, block_class: Callable[[int, int, int], Module],
     block.zero_grad()
     r = _block_reference(ref, x, dout)
 
-    out = check.call(f"{label} forward", block, x.copy())
+    x_given = x.copy()
+    out = check.call(f"{label} forward", block, x_given)
     if out is MISSING:
         if stride != 1 or in_planes != planes:
             check.hint("The forward failed where the shape changes: the shortcut must "
                        "have F(x)'s shape, so x goes through downsample (1x1 conv with "
                        "the block's stride, then BN) before the sum.")
         return False
+    _input_kept(check, label, x, x_given)
     if not check.compare(f"{label} out", out, r["out"], TOL, mistakes=[
             (r["relu_first_out"], "out = ReLU(F(x)) + shortcut(x): the ReLU must come "
                                   "after the sum, out = ReLU(F(x) + shortcut(x))."),
