@@ -41,6 +41,8 @@ def make_replace_head(bug: str = ""):
         if bug == "slice":
             head.weight.data = old.weight.data[:num_classes].copy()
             head.bias.data = old.bias.data[:num_classes].copy()
+        if bug == "old_bias":                 # a fresh weight, the old classes' bias
+            head.bias.data = old.bias.data[:num_classes].copy()
         if bug == "frozen":
             head.weight.requires_grad = head.bias.requires_grad = False
         if bug == "reinit_all":
@@ -68,6 +70,7 @@ def test_correct_replace_head_passes():
 @pytest.mark.parametrize("bug, message, hint", [
     ("keep_if_same", "model.fc has the old head's weights", "was not re-initialised"),
     ("slice", "first 3 rows of the old head's", "holds the first rows of the old one"),
+    ("old_bias", "model.fc.bias is the old head's first 3 entries", "the bias was copied"),
     ("float32", "model.fc is float32 but the network is float64", "dtype=str(model.fc"),
     ("reinit_all", "entries of the backbone changed", "keep every pretrained weight"),
     ("transposed", "model.fc.weight has shape (64, 3)", "the weight is transposed"),

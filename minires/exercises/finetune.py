@@ -103,7 +103,7 @@ def check_replace_head(replace_head: Callable) -> CheckResult:
         model = _pretrained()
         before = _snapshot(model)
         old = model.fc
-        old_w = as_float64(old.weight.data)
+        old_w, old_b = as_float64(old.weight.data), as_float64(old.bias.data)
         what = f"replace_head(model, {k})"
         returned = check.call(what, replace_head, model, k)
         if returned is MISSING:
@@ -135,6 +135,11 @@ def check_replace_head(replace_head: Callable) -> CheckResult:
         elif np.array_equal(w, old_w[:k]):
             check.fail(f"after {what}: model.fc.weight is the first {k} rows of the old head's")
             check.hint(_HEAD_SLICED)
+        elif np.array_equal(b, old_b[:k]):
+            check.fail(f"after {what}: model.fc.bias is the old head's"
+                       + ("" if k == old_b.shape[0] else f" first {k} entries"))
+            check.hint("the bias was copied from the old head: it scores the old classes too. "
+                       "The new Linear layer's weight and bias both start fresh.")
         if not np.all(np.isfinite(w)) or not np.all(np.isfinite(b)):
             check.fail(f"after {what}: model.fc holds NaN or inf")
         if str(head.weight.data.dtype) != str(old.weight.data.dtype):
