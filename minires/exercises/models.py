@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..models import plain_cifar
-from .core import MISSING, Check, CheckResult
+from .core import Check, CheckResult
+from .resnet import _compare_int, _hint_mistake
 
 # (depth, in_channels, num_classes, widths); the first is the paper's plain-20
 # on CIFAR-10, with as many parameters as ResNet-20 with option A (269,722).
@@ -79,29 +80,17 @@ def check_param_count(count: Callable) -> CheckResult:
     the same as ResNet-20 with option A shortcuts, which add no parameters).
     """
     check = Check("check_param_count")
+    matches = []
     for depth, c_in, classes, widths in CASES:
         what = f"count({depth}, {c_in}, {classes}, {widths})"
         got = check.call(what, count, depth, c_in, classes, widths)
-        if got is MISSING:
-            if not check.implemented:
-                break
-            continue
         expected = plain_cifar(depth, num_classes=classes, in_channels=c_in,
                                widths=widths).num_parameters()
-        try:
-            value = int(got)
-            exact = value == got
-        except (TypeError, ValueError, OverflowError):
-            check.fail(f"{what} returned a {type(got).__name__}, expected an int")
-            continue
-        if exact and value == expected:
-            check.note(f"ok      {what} = {value:,}")
-            continue
-        check.fail(f"WRONG   {what} = {got:,}; expected {expected:,} "
-                   f"({value - expected:+,})" if exact else
-                   f"WRONG   {what} = {got!r}; expected the integer {expected:,}")
-        for how, hint in HINTS.items():
-            if exact and value == _count(depth, c_in, classes, widths, how):
-                check.hint(hint)
-                break
+        found = _compare_int(check, what, got, expected,
+                             {how: _count(depth, c_in, classes, widths, how) for how in HINTS})
+        if not check.implemented:
+            break
+        if found is not None:
+            matches.append(found)
+    _hint_mistake(check, matches, HINTS)
     return check.result()
