@@ -79,6 +79,13 @@ class ReluBeforeSum(Block):
         return dx_residual + dx_shortcut
 
 
+class ShortcutGradFromDout(Block):
+    def backward(self, dout):
+        dx_residual, _ = self.branches_backward(self.relu2.backward(dout))
+        return dx_residual + (dout if self.downsample is None
+                              else self.downsample.backward(dout))
+
+
 class NoDownsample(Block):
     def needs_projection(self, in_planes, planes, stride):
         return False
@@ -199,6 +206,7 @@ def test_correct_student_block_passes():
     (DropsShortcutGrad, "the shortcut's gradient was dropped"),
     (OverwritesWithShortcutGrad, "the residual branch's gradient was overwritten"),
     (ReluBeforeSum, "the ReLU must come after the sum"),
+    (ShortcutGradFromDout, "the shortcut's gradient was taken from dout"),
     (NoDownsample, "self.downsample = Sequential(Conv2d("),
     (DownsampleOnlyWhenStrided, "self.downsample = Sequential(Conv2d("),
     (DownsampleOnlyWhenChannelsChange, "self.downsample = Sequential(Conv2d("),

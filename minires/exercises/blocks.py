@@ -226,6 +226,11 @@ def _block_reference(ref: BasicBlock, x: np.ndarray, dout: np.ndarray) -> dict[s
     dsum = m.relu2.backward(dout.copy())
     d = m.relu1.backward(m.conv2.backward(m.bn2.backward(dsum)))
     r["dx_residual"] = m.conv1.backward(m.bn1.backward(d))
+    # The shortcut's gradient from dout instead of dsum (the final ReLU's
+    # backward skipped on that branch), on a copy of the downsample's cache.
+    down = copy.deepcopy(m.downsample)
+    r["dx_unmasked_shortcut"] = r["dx_residual"] + (dout if down is None
+                                                    else down.backward(dout.copy()))
     r["dx_shortcut"] = dsum if m.downsample is None else m.downsample.backward(dsum)
 
     # The ReLU before the sum: out = ReLU(F(x)) + shortcut(x).
@@ -399,6 +404,9 @@ def _block_case(check: Check, block_class: Callable[[int, int, int], Module],
                            "`+`/`+=`)."),
         (r["relu_first_dx"], "dx is the gradient of ReLU(F(x)) + shortcut(x): the ReLU "
                              "must come after the sum (and its backward first)."),
+        (r["dx_unmasked_shortcut"], "the shortcut's gradient was taken from dout: the "
+                                    "final ReLU comes after the sum, so both branches "
+                                    "receive its backward, dsum = relu2.backward(dout)."),
     ])
     check.unchanged(f"{label} dout", dout, dout_given)
     grads_ok = _compare_grads(
