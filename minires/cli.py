@@ -8,7 +8,7 @@ Exit codes: 0 success; 1 an error (unknown model or dataset, unreadable
 checkpoint, an ``--out`` folder that holds a run, ...; one line on stderr);
 2 training diverged, or the command line is malformed: argparse's errors, and
 option values that can never work, checked before anything runs
-(``--epochs 0``, ``--warmup -1``, ``MINIRES_THREADS=abc``; one line on
+(``--epochs 0``, ``--warmup -1``, ``--lr -1``, ``MINIRES_THREADS=abc``; one line on
 stderr); 130 interrupted with Ctrl-C (the checkpoint of the last finished
 epoch is kept: continue with ``--resume``).
 
@@ -85,6 +85,10 @@ class UsageError(CommandError):
 # Options that must be at least this; None (not given) is always allowed.
 OPTION_MINIMUM = {"epochs": 1, "stop_after": 1, "warmup": 0, "image_size": 1, "batch_size": 1,
                   "per_class": 1, "threads": 1}
+# Real-valued options and the interval (low, high; None: unbounded) that the
+# optimizer and the loss accept: checked here to name the option, before anything runs.
+OPTION_RANGE = {"lr": (0.0, None), "backbone_lr": (0.0, None), "momentum": (0.0, None),
+                "weight_decay": (0.0, None), "label_smoothing": (0.0, 1.0)}
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -99,6 +103,12 @@ def check_options(args: argparse.Namespace) -> None:
         if value is not None and value < least:
             kind = "positive" if least == 1 else "non-negative"
             raise UsageError(f"--{key.replace('_', '-')} must be a {kind} integer, got {value}")
+    for key, (low, high) in OPTION_RANGE.items():
+        value = getattr(args, key, None)
+        # written so that NaN fails too: every comparison with NaN is False
+        if value is not None and not (low <= value and (high is None or value <= high)):
+            need = f"lie in [{low:g}, {high:g}]" if high is not None else f"be >= {low:g}"
+            raise UsageError(f"--{key.replace('_', '-')} must {need}, got {value:g}")
     dataset = getattr(args, "dataset", None)
     if (getattr(args, "image_size", None) is not None and not getattr(args, "resume", None)
             and dataset in BUILTIN_SIZES):

@@ -290,6 +290,15 @@ def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path, monkeyp
     (["--threads", "-1", "models"], "--threads must be a positive integer, got -1"),
     (["finetune", "--from", "w.npz", "--epochs", "0"], "--epochs must be a positive integer"),
     (["train", "--resume", "runs/a/checkpoint.npz", "--epochs", "0"], "--epochs must be"),
+    # real-valued options (these used to create the run's folder, then exit 1 with
+    # the optimizer's or the loss's message, which did not name the option)
+    (["train", "--lr", "-1"], "--lr must be >= 0, got -1"),
+    (["train", "--lr", "nan"], "--lr must be >= 0, got nan"),
+    (["train", "--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
+    (["train", "--weight-decay", "-0.0001"], "--weight-decay must be >= 0, got -0.0001"),
+    (["train", "--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1], got 1.5"),
+    (["finetune", "--from", "w.npz", "--backbone-lr", "-0.01"],
+     "--backbone-lr must be >= 0, got -0.01"),
 ])
 def test_option_values_that_cannot_work_exit_2_before_anything_runs(argv, message, capsys,
                                                                    tmp_path, monkeypatch):
