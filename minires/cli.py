@@ -109,6 +109,8 @@ def check_options(args: argparse.Namespace) -> None:
         if value is not None and not (low <= value and (high is None or value <= high)):
             need = f"lie in [{low:g}, {high:g}]" if high is not None else f"be >= {low:g}"
             raise UsageError(f"--{key.replace('_', '-')} must {need}, got {value:g}")
+    for key in ("classes", "milestones"):  # comma-separated integers (a CommandError)
+        _parse_ints(getattr(args, key, None), key)
     dataset = getattr(args, "dataset", None)
     if (getattr(args, "image_size", None) is not None and not getattr(args, "resume", None)
             and dataset in BUILTIN_SIZES):

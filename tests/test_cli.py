@@ -314,6 +314,19 @@ def test_option_values_that_cannot_work_exit_2_before_anything_runs(argv, messag
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("option", ["--classes", "--milestones"])
+def test_a_list_that_is_not_integers_is_refused_before_anything_runs(option, capsys, tmp_path,
+                                                                   monkeypatch):
+    # --milestones was parsed when the optimizer was built, after the run's folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    code, out, err = run(capsys, "train", "--schedule", "multistep", option, "3,x", "--quiet")
+    assert code == 1 and out == ""
+    assert err == f"minires train: error: {option}: expected comma-separated integers, " \
+                  "got '3,x'\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
 def test_a_bad_MINIRES_THREADS_names_the_variable(value, capsys, monkeypatch):
     from minires.fast import parallel
