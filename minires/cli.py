@@ -532,8 +532,6 @@ def _is_image_folder(config: dict[str, Any], ds: dict[str, Any]) -> bool:
 
 def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
               config: dict[str, Any], resume: tuple[str, int, int] | None) -> int:
-    import numpy as np
-
     from . import backend
     from .nn import CrossEntropyLoss
     from .train import Trainer, TrainingDiverged
@@ -560,7 +558,7 @@ def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any
             print(f"note: {planned} epochs were planned, now {epochs}: the {config['schedule']} "
                   "schedule continues as planned for the new length", file=sys.stderr)
         print(f"resumed from {path} after epoch {trainer.epoch}")
-    trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     count = f"{model.num_parameters():,} parameters" + (
         f", {trainable:,} trainable" if trainable < model.num_parameters() else "") + (
         channels_note(model))
