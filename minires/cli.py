@@ -86,9 +86,10 @@ class UsageError(CommandError):
 OPTION_MINIMUM = {"epochs": 1, "stop_after": 1, "warmup": 0, "image_size": 1, "batch_size": 1,
                   "per_class": 1, "threads": 1}
 # Real-valued options and the interval (low, high; None: unbounded) that the
-# optimizer and the loss accept: checked here to name the option, before anything runs.
+# optimizer and the loss accept (and gradcheck's tolerance): checked here to name
+# the option, before anything runs.
 OPTION_RANGE = {"lr": (0.0, None), "backbone_lr": (0.0, None), "momentum": (0.0, None),
-                "weight_decay": (0.0, None), "label_smoothing": (0.0, 1.0)}
+                "weight_decay": (0.0, None), "label_smoothing": (0.0, 1.0), "tol": (0.0, None)}
 
 
 def _flag(key: str) -> str:
@@ -117,6 +118,10 @@ def check_options(args: argparse.Namespace) -> None:
             raise UsageError(f"{_flag(key)} must {need}, got {value:g}")
     for key in ("classes", "milestones"):  # comma-separated integers (a CommandError)
         _parse_ints(getattr(args, key, None), key)
+    classes = _parse_ints(getattr(args, "classes", None), "classes")
+    if classes is not None and len(set(classes)) < 2:
+        raise UsageError(f"--classes {args.classes}: a classifier needs at least "
+                         f"2 distinct classes, got {len(set(classes))}")
     dataset = getattr(args, "dataset", None)
     if (getattr(args, "image_size", None) is not None and not getattr(args, "resume", None)
             and dataset in BUILTIN_SIZES):

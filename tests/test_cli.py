@@ -297,6 +297,11 @@ def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path, monkeyp
     (["train", "--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
     (["train", "--weight-decay", "-0.0001"], "--weight-decay must be >= 0, got -0.0001"),
     (["train", "--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1], got 1.5"),
+    (["train", "--classes", "3"], "--classes 3: a classifier needs at least 2 distinct "
+                                  "classes, got 1"),
+    (["train", "--classes", "4,4"], "--classes 4,4: a classifier needs at least 2"),
+    (["gradcheck", "--tol", "-0.5"], "--tol must be >= 0, got -0.5"),
+    (["gradcheck", "--tol", "nan"], "--tol must be >= 0, got nan"),
     (["finetune", "--from", "w.npz", "--backbone-lr", "-0.01"],
      "--backbone-lr must be >= 0, got -0.01"),
 ])
