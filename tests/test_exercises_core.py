@@ -156,3 +156,24 @@ def test_merge_of_the_last_configuration_or_a_stub():
     result = overall.result()
     assert not result.implemented and result.status == "not implemented yet"
     assert "configuration" not in str(result), str(result)
+
+
+def test_in_place_forward_is_caught():
+    def forward(x):
+        mask = x > 0
+        x[~mask] = 0                                      # the caller's x, zeroed
+        return x, mask
+
+    result = check_relu(forward, lambda dout, mask: dout * mask)
+    text = str(result)
+    assert not result.passed and "ok      out" in text and "ok      dx" in text
+    assert "x was modified in place; a forward pass must leave its inputs untouched" in text
+
+
+def test_unchanged_names_who_received_the_input():
+    check = Check("c")
+    assert check.unchanged("x", np.zeros(3), np.zeros(3), by="im2col")
+    assert not check.unchanged("x", np.zeros(3), np.ones(3), by="im2col")
+    assert "x was modified in place; im2col must leave its inputs untouched" in check.lines[0]
+    assert not check.unchanged("dout", np.zeros(3), np.ones(3))
+    assert "a backward pass must" in check.lines[1] and "another branch" in check.lines[1]

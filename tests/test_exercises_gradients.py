@@ -238,3 +238,16 @@ def test_softmax_in_place_backward_fails():
 
     result = check_softmax(softmax_forward, in_place)
     assert not result.passed and "dout was modified in place" in str(result)
+
+
+def test_softmax_forward_in_place_fails():
+    def in_place(x):
+        x -= x.max(axis=-1, keepdims=True)              # the caller's logits, shifted
+        np.exp(x, out=x)
+        x /= x.sum(axis=-1, keepdims=True)
+        return x, x
+
+    result = check_softmax(in_place, softmax_backward)
+    text = str(result)
+    assert not result.passed and "ok      p:" in text and "ok      dx" in text
+    assert "x was modified in place; a forward pass must" in text

@@ -120,6 +120,13 @@ def _student_line(exc: BaseException) -> str:
     return ""
 
 
+_WHY_UNTOUCHED = {
+    "a backward pass": "another branch may still need them",
+    "a forward pass": "the caller may still use them: a shortcut, the previous layer's cache",
+}
+"""Why an input must come back untouched, by who received it (:meth:`Check.unchanged`)."""
+
+
 class Check:
     """Collects the comparisons of one checker; see the module docstring.
 
@@ -252,12 +259,19 @@ class Check:
             self.hint(f"{what} holds the right numbers in the wrong places: check the "
                       "order of the axes (a reshape where a transpose is needed?).")
 
-    def unchanged(self, what: str, before: Any, after: Any) -> bool:
-        """Record a failure if an input the student received was modified."""
+    def unchanged(self, what: str, before: Any, after: Any,
+                  by: str = "a backward pass") -> bool:
+        """Record a failure if an input the student received was modified.
+
+        ``by`` names who received it, in the message: ``"a backward pass"``
+        (``dout``, which another branch may still need), ``"a forward pass"``,
+        ``"im2col"``...
+        """
         a, b = as_float64(before), as_float64(after)
         if a is None or b is None or a.shape != b.shape or not np.array_equal(a, b):
-            self.fail(f"{what} was modified in place; a backward pass must leave its "
-                      "inputs untouched (another branch may still need them)")
+            why = _WHY_UNTOUCHED.get(by, "the caller may still use them")
+            self.fail(f"{what} was modified in place; {by} must leave its inputs untouched "
+                      f"({why})")
             return False
         return True
 

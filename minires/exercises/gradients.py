@@ -148,8 +148,10 @@ def check_softmax(forward: Callable, backward: Callable) -> CheckResult:
     dx = p * (dout - s)
 
     check = Check("check_softmax")
-    parts = check.unpack("forward(x)", check.call("forward(x)", forward, x.copy()),
+    x_given = x.copy()
+    parts = check.unpack("forward(x)", check.call("forward(x)", forward, x_given),
                          ["p", "cache"])
+    check.unchanged("x", x, x_given, by="a forward pass")
     if parts is None:
         return check.result()
     p_got, cache = parts

@@ -218,8 +218,8 @@ def _check_config(forward: Callable, backward: Callable | None, config, seed: in
             and tuple(got[2:]) == out_ref.shape[2:] and got[1] != out_ref.shape[1]:
         check.hint(CHANNELS_HINT.format(got=got[1], c_out=w.shape[0], groups=groups,
                                         og=w.shape[0] // groups))
-    check.unchanged("x", x, given[0])
-    check.unchanged("w", w, given[1])
+    for name, before, after in zip("xwb", (x, w, b), given, strict=True):
+        check.unchanged(name, before, after, by="a forward pass")
     pairs = [(out, out_ref)]
     if backward is not None and not check.failed:
         dout_given = dout.copy()

@@ -153,8 +153,11 @@ def _check_batchnorm_config(forward, backward, shape, seed: int) -> tuple[Check,
 
     check = Check("check_batchnorm")
     what = "forward(x, gamma, beta, eps=1e-5)"
-    parts = check.unpack(what, check.call(what, forward, x.copy(), gamma.copy(), beta.copy(),
-                                          EPS), ["out", "cache"])
+    given = (x.copy(), gamma.copy(), beta.copy())
+    parts = check.unpack(what, check.call(what, forward, *given, EPS), ["out", "cache"])
+    for name, before, after in zip(("x", "gamma", "beta"), (x, gamma, beta), given,
+                                   strict=True):
+        check.unchanged(name, before, after, by="a forward pass")
     if parts is None:
         return check, float("nan")
     out, cache = parts
