@@ -177,3 +177,11 @@ def test_unchanged_names_who_received_the_input():
     assert "x was modified in place; im2col must leave its inputs untouched" in check.lines[0]
     assert not check.unchanged("dout", np.zeros(3), np.ones(3))
     assert "a backward pass must" in check.lines[1] and "another branch" in check.lines[1]
+
+
+def test_an_answer_off_by_float32_rounding_is_named_not_misplaced():
+    expected = np.random.default_rng(0).standard_normal((4, 5))
+    check = Check("c")
+    assert not check.compare("out", expected.astype(np.float32), expected, tol=1e-10)
+    assert len(check.hints) == 1 and "precision of float32" in check.hints[0]
+    assert "wrong places" not in check.hints[0]

@@ -254,6 +254,12 @@ class Check:
                     self.hint(f"{what} is the right answer times {k:.4g}: a constant factor "
                               "is off (a mean taken as a sum, or the other way round?).")
                 return
+        err = rel_error(arr, exp)
+        if err < 1e-6:
+            self.hint(f"{what} is close to the answer, off by {err:.0e}, about the precision "
+                      "of float32: is part of it computed or stored in float32 (an astype, "
+                      "an array allocated as np.float32)? Compute in the dtype of the input.")
+            return
         if arr.size > 1 and np.allclose(np.sort(arr, axis=None), np.sort(exp, axis=None),
                                         rtol=1e-6, atol=1e-12):
             self.hint(f"{what} holds the right numbers in the wrong places: check the "
