@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from minires.exercises import CheckResult, check_relu
-from minires.exercises.core import MISSING, Check
+from minires.exercises.core import MISSING, Check, largest_error
 from minires.functional import relu_backward, relu_forward
 
 
@@ -185,3 +186,8 @@ def test_an_answer_off_by_float32_rounding_is_named_not_misplaced():
     assert not check.compare("out", expected.astype(np.float32), expected, tol=1e-10)
     assert len(check.hints) == 1 and "precision of float32" in check.hints[0]
     assert "wrong places" not in check.hints[0]
+
+
+def test_largest_error_is_the_worst_pair():
+    a = np.ones(3)
+    assert largest_error([(a, a), (a * 1.5, a), (a * 1.1, a)]) == pytest.approx(0.5 / 2.5)

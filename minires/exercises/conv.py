@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import col2im, conv2d_backward, conv2d_forward, im2col
-from .core import MISSING, Check, CheckResult, as_float64, rel_error
+from .core import MISSING, Check, CheckResult, largest_error
 
 TOL = 1e-10
 """A correct float64 answer is within about 1e-15 of minires's; loops,
@@ -204,13 +204,9 @@ def _check_conv_config(forward: Callable, backward: Callable, config, seed: int
         check.compare("db", db, db_ref, TOL, mistakes=db_m)
         check.unchanged("dout", dout, dout_given)
         if not check.failed:
-            return check, _largest_error([(out, out_ref), (dx, dx_ref), (dw, dw_ref),
-                                          (db, db_ref)])
+            return check, largest_error([(out, out_ref), (dx, dx_ref), (dw, dw_ref),
+                                         (db, db_ref)])
     return check, float("nan")
-
-
-def _largest_error(pairs) -> float:
-    return max(rel_error(as_float64(a), as_float64(e)) for a, e in pairs)
 
 
 def check_conv2d(forward: Callable, backward: Callable) -> CheckResult:

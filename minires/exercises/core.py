@@ -104,6 +104,13 @@ def rel_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(got - expected)) / scale)
 
 
+def largest_error(pairs: Sequence[tuple[Any, Any]]) -> float:
+    """The largest :func:`rel_error` over ``(got, expected)`` pairs of arrays
+    (any backend) that have passed their comparison: what a configuration's
+    one-line summary reports."""
+    return max(rel_error(as_float64(got), as_float64(exp)) for got, exp in pairs)
+
+
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 

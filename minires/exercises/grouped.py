@@ -21,8 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import conv2d_backward, conv2d_forward
-from .conv import _largest_error
-from .core import Check, CheckResult
+from .core import Check, CheckResult, largest_error
 
 TOL = 1e-10
 """A correct float64 answer is within about 1e-15 of the reference: group by
@@ -239,7 +238,7 @@ def _check_config(forward: Callable, backward: Callable | None, config, seed: in
         check.unchanged("dout", dout, dout_given)
     if check.failed:
         return check, float("nan")
-    return check, _largest_error(pairs)
+    return check, largest_error(pairs)
 
 
 def check_grouped_conv2d(forward: Callable, backward: Callable | None = None) -> CheckResult:

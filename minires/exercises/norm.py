@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import batchnorm_backward, batchnorm_forward
-from .core import Check, CheckResult, as_float64, rel_error
+from .core import Check, CheckResult, largest_error
 
 TOL = 1e-9
 """A correct float64 answer is within about 1e-15 of minires's, whichever
@@ -176,7 +176,7 @@ def _check_batchnorm_config(forward, backward, shape, seed: int) -> tuple[Check,
     if check.failed:
         return check, float("nan")
     pairs = [(out, out_ref), (dx, dx_ref), (dgamma, dgamma_ref), (dbeta, dbeta_ref)]
-    return check, max(rel_error(as_float64(a), as_float64(e)) for a, e in pairs)
+    return check, largest_error(pairs)
 
 
 def check_batchnorm(forward: Callable, backward: Callable) -> CheckResult:
