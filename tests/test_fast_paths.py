@@ -319,12 +319,21 @@ def test_fast_relu_equals_portable(rng):
     x = rng.standard_normal((3, 4, 5, 6))
     x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
     x[1, 1, 1, :2] = [np.inf, -np.inf]
+    x[2, 3, 4, :2] = [1.0, -1.0]
     dout = rng.standard_normal(x.shape)
+    dout[2, 3, 4, :2] = -0.0                               # passed on, blocked
     out, cache = fast_activation.relu_forward(x)
     out_s, cache_s = fast_activation.relu_forward(strict(x))
     np.testing.assert_array_equal(out, host(out_s))        # NaN where NaN
-    np.testing.assert_array_equal(fast_activation.relu_backward(dout, cache),
-                                  host(fast_activation.relu_backward(strict(dout), cache_s)))
+    dx = fast_activation.relu_backward(dout, cache)
+    dx_s = host(fast_activation.relu_backward(strict(dout), cache_s))
+    np.testing.assert_array_equal(dx, dx_s)
+    # bit for bit: assert_array_equal takes -0.0 for 0.0 (the reference, as
+    # PyTorch, keeps relu(-0.0) = -0.0, which maximum(x, 0) turned into +0.0)
+    for got, want in ((out, host(out_s)), (dx, dx_s)):
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    assert np.signbit(out[0, 0, 0, 1]) and np.signbit(dx[2, 3, 4, 0])
+    assert not np.signbit(dx[2, 3, 4, 1])
 
 
 def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
