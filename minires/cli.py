@@ -8,7 +8,7 @@ Exit codes: 0 success; 1 an error (unknown model or dataset, unreadable
 checkpoint, an ``--out`` folder that holds a run, ...; one line on stderr);
 2 training diverged, or the command line is malformed: argparse's errors, and
 option values that can never work, checked before anything runs
-(``--epochs 0``, ``--warmup -1``, ``MINIRES_THREADS=abc``; one line on
+(``--epochs 0``, ``--warmup -1``, ``--lr -1``, ``MINIRES_THREADS=abc``; one line on
 stderr); 130 interrupted with Ctrl-C (the checkpoint of the last finished
 epoch is kept: continue with ``--resume``).
 
@@ -85,6 +85,17 @@ class UsageError(CommandError):
 # Options that must be at least this; None (not given) is always allowed.
 OPTION_MINIMUM = {"epochs": 1, "stop_after": 1, "warmup": 0, "image_size": 1, "batch_size": 1,
                   "per_class": 1, "threads": 1}
+# Real-valued options and the interval (low, high; None: unbounded) that the
+# optimizer and the loss accept (and gradcheck's tolerance): checked here to name
+# the option, before anything runs.
+OPTION_RANGE = {"lr": (0.0, None), "backbone_lr": (0.0, None), "momentum": (0.0, None),
+                "weight_decay": (0.0, None), "label_smoothing": (0.0, 1.0), "tol": (0.0, None)}
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of an ``args`` attribute: ``"batch_size"`` ->
+    ``"--batch-size"`` (``"source"`` is ``--from``)."""
+    return "--from" if key == "source" else "--" + key.replace("_", "-")
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -98,7 +109,19 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, key, None)
         if value is not None and value < least:
             kind = "positive" if least == 1 else "non-negative"
-            raise UsageError(f"--{key.replace('_', '-')} must be a {kind} integer, got {value}")
+            raise UsageError(f"{_flag(key)} must be a {kind} integer, got {value}")
+    for key, (low, high) in OPTION_RANGE.items():
+        value = getattr(args, key, None)
+        # written so that NaN fails too: every comparison with NaN is False
+        if value is not None and not (low <= value and (high is None or value <= high)):
+            need = f"lie in [{low:g}, {high:g}]" if high is not None else f"be >= {low:g}"
+            raise UsageError(f"{_flag(key)} must {need}, got {value:g}")
+    for key in ("classes", "milestones"):  # comma-separated integers (a CommandError)
+        _parse_ints(getattr(args, key, None), key)
+    classes = _parse_ints(getattr(args, "classes", None), "classes")
+    if classes is not None and len(set(classes)) < 2:
+        raise UsageError(f"--classes {args.classes}: a classifier needs at least "
+                         f"2 distinct classes, got {len(set(classes))}")
     dataset = getattr(args, "dataset", None)
     if (getattr(args, "image_size", None) is not None and not getattr(args, "resume", None)
             and dataset in BUILTIN_SIZES):
@@ -398,8 +421,7 @@ def _resumed_settings(args: argparse.Namespace, command: str) -> tuple[dict[str,
             if key == "classes":
                 given = _parse_ints(given, "classes")
             if given != args.parser.get_default(key) and given != saved[key]:
-                flag = "--from" if key == "source" else "--" + key.replace("_", "-")
-                ignored.append(f"{flag} {given}")
+                ignored.append(f"{_flag(key)} {given}")
     if args.model is not None or getattr(args, "depth", None) is not None:
         ignored.append("--model/--depth")
     if ignored:
@@ -414,8 +436,9 @@ def _resumed_settings(args: argparse.Namespace, command: str) -> tuple[dict[str,
 RUN_FILES = ("checkpoint.npz", "metrics.json", "metrics.csv", "curves.png")
 
 
-def _same_folder(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
+def _continues_in_place(args: argparse.Namespace, out: Path) -> bool:
+    """Whether ``--resume`` continues a run in its own folder ``out``."""
+    return bool(args.resume) and out.resolve() == Path(args.resume).parent.resolve()
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -431,7 +454,7 @@ def _check_out(args: argparse.Namespace) -> None:
                 raise CommandError(f"--out {out} {where}; --out names the folder where the "
                                    "run's checkpoint, metrics and curves go")
             break
-    if args.resume and _same_folder(out, Path(args.resume).parent):
+    if _continues_in_place(args, out):
         return  # the resumed run continues in its own folder
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held and not args.overwrite:
@@ -476,7 +499,7 @@ def _output_folder(args: argparse.Namespace, default: str) -> tuple[Path, list[P
     except OSError as err:
         raise CommandError(f"cannot create the output folder {out}: "
                            f"{err.strerror or err}") from None
-    if args.overwrite and not (args.resume and _same_folder(out, Path(args.resume).parent)):
+    if args.overwrite and not _continues_in_place(args, out):
         removed = [name for name in RUN_FILES if (out / name).exists()]
         for name in removed:
             (out / name).unlink()
@@ -520,8 +543,6 @@ def _is_image_folder(config: dict[str, Any], ds: dict[str, Any]) -> bool:
 
 def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any], params: Any,
               config: dict[str, Any], resume: tuple[str, int, int] | None) -> int:
-    import numpy as np
-
     from . import backend
     from .nn import CrossEntropyLoss
     from .train import Trainer, TrainingDiverged
@@ -548,7 +569,7 @@ def _fit_into(out: Path, args: argparse.Namespace, model: Any, ds: dict[str, Any
             print(f"note: {planned} epochs were planned, now {epochs}: the {config['schedule']} "
                   "schedule continues as planned for the new length", file=sys.stderr)
         print(f"resumed from {path} after epoch {trainer.epoch}")
-    trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     count = f"{model.num_parameters():,} parameters" + (
         f", {trainable:,} trainable" if trainable < model.num_parameters() else "") + (
         channels_note(model))

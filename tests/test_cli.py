@@ -290,6 +290,20 @@ def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path, monkeyp
     (["--threads", "-1", "models"], "--threads must be a positive integer, got -1"),
     (["finetune", "--from", "w.npz", "--epochs", "0"], "--epochs must be a positive integer"),
     (["train", "--resume", "runs/a/checkpoint.npz", "--epochs", "0"], "--epochs must be"),
+    # real-valued options (these used to create the run's folder, then exit 1 with
+    # the optimizer's or the loss's message, which did not name the option)
+    (["train", "--lr", "-1"], "--lr must be >= 0, got -1"),
+    (["train", "--lr", "nan"], "--lr must be >= 0, got nan"),
+    (["train", "--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
+    (["train", "--weight-decay", "-0.0001"], "--weight-decay must be >= 0, got -0.0001"),
+    (["train", "--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1], got 1.5"),
+    (["train", "--classes", "3"], "--classes 3: a classifier needs at least 2 distinct "
+                                  "classes, got 1"),
+    (["train", "--classes", "4,4"], "--classes 4,4: a classifier needs at least 2"),
+    (["gradcheck", "--tol", "-0.5"], "--tol must be >= 0, got -0.5"),
+    (["gradcheck", "--tol", "nan"], "--tol must be >= 0, got nan"),
+    (["finetune", "--from", "w.npz", "--backbone-lr", "-0.01"],
+     "--backbone-lr must be >= 0, got -0.01"),
 ])
 def test_option_values_that_cannot_work_exit_2_before_anything_runs(argv, message, capsys,
                                                                    tmp_path, monkeypatch):
@@ -302,6 +316,19 @@ def test_option_values_that_cannot_work_exit_2_before_anything_runs(argv, messag
     command = argv[2] if argv[0] == "--threads" else argv[0]
     assert err.startswith(f"minires {command}: error: {message}")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--classes", "--milestones"])
+def test_a_list_that_is_not_integers_is_refused_before_anything_runs(option, capsys, tmp_path,
+                                                                   monkeypatch):
+    # --milestones was parsed when the optimizer was built, after the run's folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    code, out, err = run(capsys, "train", "--schedule", "multistep", option, "3,x", "--quiet")
+    assert code == 1 and out == ""
+    assert err == f"minires train: error: {option}: expected comma-separated integers, " \
+                  "got '3,x'\n"
     assert list(tmp_path.iterdir()) == []
 
 

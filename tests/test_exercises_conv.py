@@ -259,3 +259,15 @@ def test_im2col_col2im_stubs_are_not_implemented_yet():
     for checker in (check_im2col, check_col2im):
         result = checker(stub)
         assert result.status == "not implemented yet", str(result)
+
+
+def test_conv2d_forward_changing_x_fails():
+    def forward(x, w, b, stride, padding):
+        out, cache = my_forward(x, w, b, stride, padding)
+        x[:, :, 0] = 0                                    # after use: out is right
+        return out, cache
+
+    result = check_conv2d(forward, my_backward)
+    text = str(result)
+    assert not result.passed and "ok      out" in text and "ok      dw" in text
+    assert "x was modified in place; a forward pass must" in text

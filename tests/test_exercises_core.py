@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from minires.exercises import CheckResult, check_relu
-from minires.exercises.core import MISSING, Check
+from minires.exercises.core import MISSING, Check, largest_error
 from minires.functional import relu_backward, relu_forward
 
 
@@ -156,3 +157,37 @@ def test_merge_of_the_last_configuration_or_a_stub():
     result = overall.result()
     assert not result.implemented and result.status == "not implemented yet"
     assert "configuration" not in str(result), str(result)
+
+
+def test_in_place_forward_is_caught():
+    def forward(x):
+        mask = x > 0
+        x[~mask] = 0                                      # the caller's x, zeroed
+        return x, mask
+
+    result = check_relu(forward, lambda dout, mask: dout * mask)
+    text = str(result)
+    assert not result.passed and "ok      out" in text and "ok      dx" in text
+    assert "x was modified in place; a forward pass must leave its inputs untouched" in text
+
+
+def test_unchanged_names_who_received_the_input():
+    check = Check("c")
+    assert check.unchanged("x", np.zeros(3), np.zeros(3), by="im2col")
+    assert not check.unchanged("x", np.zeros(3), np.ones(3), by="im2col")
+    assert "x was modified in place; im2col must leave its inputs untouched" in check.lines[0]
+    assert not check.unchanged("dout", np.zeros(3), np.ones(3))
+    assert "a backward pass must" in check.lines[1] and "another branch" in check.lines[1]
+
+
+def test_an_answer_off_by_float32_rounding_is_named_not_misplaced():
+    expected = np.random.default_rng(0).standard_normal((4, 5))
+    check = Check("c")
+    assert not check.compare("out", expected.astype(np.float32), expected, tol=1e-10)
+    assert len(check.hints) == 1 and "precision of float32" in check.hints[0]
+    assert "wrong places" not in check.hints[0]
+
+
+def test_largest_error_is_the_worst_pair():
+    a = np.ones(3)
+    assert largest_error([(a, a), (a * 1.5, a), (a * 1.1, a)]) == pytest.approx(0.5 / 2.5)

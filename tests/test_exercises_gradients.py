@@ -238,3 +238,51 @@ def test_softmax_in_place_backward_fails():
 
     result = check_softmax(softmax_forward, in_place)
     assert not result.passed and "dout was modified in place" in str(result)
+
+
+def test_softmax_forward_in_place_fails():
+    def in_place(x):
+        x -= x.max(axis=-1, keepdims=True)              # the caller's logits, shifted
+        np.exp(x, out=x)
+        x /= x.sum(axis=-1, keepdims=True)
+        return x, x
+
+    result = check_softmax(in_place, softmax_backward)
+    text = str(result)
+    assert not result.passed and "ok      p:" in text and "ok      dx" in text
+    assert "x was modified in place; a forward pass must" in text
+
+
+def test_a_loop_over_two_axes_only_fails_on_a_3d_x():
+    def two_axes(f, x, dout, h):
+        grad = np.zeros_like(x)
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                old = x[i, j].copy()
+                x[i, j] = old + h
+                plus = np.sum(f(x) * dout)
+                x[i, j] = old - h
+                minus = np.sum(f(x) * dout)
+                x[i, j] = old
+                grad[i, j] = (plus - minus) / (2 * h)
+        return grad
+
+    result = check_numerical_gradient(two_axes)
+    text = str(result)
+    assert not result.passed and "ok      grad:" in text          # right on x (3, 4)
+    assert "WRONG   grad for x (2, 3, 4), h = 1e-06" in text and "np.ndindex" in text
+
+
+def test_a_gradient_kept_in_float32_fails_at_a_small_step():
+    def in_float32(f, x, dout, h):
+        return centred(f, x, dout, h).astype(np.float32)
+
+    result = check_numerical_gradient(in_float32)
+    text = str(result)
+    assert not result.passed and "ok      grad:" in text
+    assert "WRONG   grad for x (2, 3, 4)" in text and "float32" in text
+
+
+def test_centred_difference_passes_the_small_step_too():
+    text = str(check_numerical_gradient(centred))
+    assert "ok      grad for x (2, 3, 4), h = 1e-06" in text

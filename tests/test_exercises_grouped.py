@@ -194,3 +194,15 @@ def test_exceptions_and_wrong_returns_are_reported():
     assert not result.passed and "IndexError" in str(result)
     result = check_grouped_conv2d(lambda *a: my_forward(*a)[0])
     assert not result.passed and "should return a tuple (out, cache)" in str(result)
+
+
+def test_forward_changing_the_bias_fails():
+    def forward(x, w, b, stride, padding, groups):
+        out, cache = my_forward(x, w, b, stride, padding, groups)
+        b[:] = 0                                          # after use: out is right
+        return out, cache
+
+    result = check_grouped_conv2d(forward, my_backward)
+    text = str(result)
+    assert not result.passed and "ok      out" in text
+    assert "b was modified in place; a forward pass must" in text

@@ -259,3 +259,15 @@ def test_no_constant_factor_hint_for_a_scalar():
     check = Check("c")
     check.compare("loss", 3.0, 2.0, tol=1e-10)
     assert "constant factor" not in str(check.result())
+
+
+def test_linear_forward_changing_its_inputs_fails():
+    def forward(x, w, b):
+        out = x @ w.T + b
+        b -= b                                            # the caller's bias, zeroed
+        return out, (x, w)
+
+    result = check_linear(forward, bwd)
+    text = str(result)
+    assert not result.passed and "ok      out" in text and "ok      dw" in text
+    assert "b was modified in place; a forward pass must" in text

@@ -142,3 +142,15 @@ def test_stub_is_not_implemented_yet():
 def test_exception_is_reported():
     result = check_batchnorm(my_forward, lambda dout, cache: cache[7])
     assert not result.passed and result.implemented and "IndexError" in str(result)
+
+
+def test_forward_changing_x_fails():
+    def forward(x, gamma, beta, eps=1e-5):
+        out, cache = my_forward(x.copy(), gamma, beta, eps)
+        x -= x.mean(axis=(0, 2, 3), keepdims=True)        # the caller's x, centred
+        return out, cache
+
+    result = check_batchnorm(forward, my_backward)
+    text = str(result)
+    assert not result.passed and "ok      dx" in text
+    assert "x was modified in place; a forward pass must" in text

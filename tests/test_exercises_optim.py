@@ -27,6 +27,8 @@ def make_step(bug: str = ""):
             buf = lr * g if bug in ("lr_twice", "lr_in_buf") else g.copy()
         elif bug == "no_dampening":
             buf = momentum * buf + g
+        elif bug == "no_momentum":
+            buf = g
         elif bug in ("lr_twice", "lr_in_buf"):
             buf = momentum * buf + (1 - dampening) * lr * g
         elif bug == "in_place":
@@ -41,6 +43,8 @@ def make_step(bug: str = ""):
         if bug == "in_place":
             p -= lr * buf
             return p, buf
+        if bug == "uphill":
+            return p + lr * buf, buf
         return p - lr * buf, buf
 
     return step
@@ -83,6 +87,8 @@ def test_matches_torch_optim_sgd():
     ("no_dampening", "dampening is ignored"),
     ("lr_twice", "applied twice"),
     ("lr_in_buf", "agrees with PyTorch only while lr is constant"),
+    ("no_momentum", "the buffer forgets its past"),
+    ("uphill", "p moves uphill"),
 ])
 def test_typical_mistake_gets_its_hint(bug, hint):
     result = check_sgd_step(make_step(bug))

@@ -135,3 +135,17 @@ def test_exception_names_the_line():
 
     result = check_maxpool2d(forward, maxpool2d_backward)
     assert not result.passed and "x.reshape(5, -1, 3)" in str(result)
+
+
+def test_modified_x_is_caught():
+    forward, backward = make_pool()
+
+    def in_place(x, kernel_size, stride):
+        out, cache = forward(x.copy(), kernel_size, stride)
+        x[x < 0] = 0                                      # the caller's x, rectified
+        return out, cache
+
+    result = check_maxpool2d(in_place, backward)
+    text = str(result)
+    assert not result.passed and "ok      dx (kernel 2" in text
+    assert "forward modified x in place (kernel 2, stride 2" in text

@@ -319,12 +319,21 @@ def test_fast_relu_equals_portable(rng):
     x = rng.standard_normal((3, 4, 5, 6))
     x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
     x[1, 1, 1, :2] = [np.inf, -np.inf]
+    x[2, 3, 4, :2] = [1.0, -1.0]
     dout = rng.standard_normal(x.shape)
+    dout[2, 3, 4, :2] = -0.0                               # passed on, blocked
     out, cache = fast_activation.relu_forward(x)
     out_s, cache_s = fast_activation.relu_forward(strict(x))
     np.testing.assert_array_equal(out, host(out_s))        # NaN where NaN
-    np.testing.assert_array_equal(fast_activation.relu_backward(dout, cache),
-                                  host(fast_activation.relu_backward(strict(dout), cache_s)))
+    dx = fast_activation.relu_backward(dout, cache)
+    dx_s = host(fast_activation.relu_backward(strict(dout), cache_s))
+    np.testing.assert_array_equal(dx, dx_s)
+    # bit for bit: assert_array_equal takes -0.0 for 0.0 (the reference, as
+    # PyTorch, keeps relu(-0.0) = -0.0, which maximum(x, 0) turned into +0.0)
+    for got, want in ((out, host(out_s)), (dx, dx_s)):
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    assert np.signbit(out[0, 0, 0, 1]) and np.signbit(dx[2, 3, 4, 0])
+    assert not np.signbit(dx[2, 3, 4, 1])
 
 
 def test_fast_relu_backward_blocks_inf_and_nan_where_the_unit_is_off(rng):
@@ -425,6 +434,9 @@ def test_each_fast_function_has_its_references_signature():
     both versions; the engine's version has the same signature."""
     modules = {"conv": conv, "norm": norm, "activation": activation}
     assert len(F.DISPATCHED) == 9
+    # every op the table dispatches is listed (the tests below loop over the list)
+    assert set(F.DISPATCHED) == {name for name, op in vars(F).items()
+                                 if hasattr(op, "reference") and hasattr(op, "fast")}
     for name in F.DISPATCHED:
         op = getattr(F, name)
         reference, fast = op.reference, op.fast
@@ -469,11 +481,21 @@ def _train_step():
 ENGINE_FILES = {f"fast{os.sep}{name}.py" for name in ("conv", "norm", "activation", "add")}
 
 
+def _where(fn) -> tuple[str, str]:
+    """(file relative to minires/, function) of ``fn``, as ``_calls`` names it."""
+    root = str(Path(minires.fast.__file__).parents[1]) + os.sep
+    return fn.__code__.co_filename[len(root):], fn.__code__.co_name
+
+
 def test_the_switch_changes_the_code_that_runs():
     """Not only a flag: with the engine off, a training step through the
-    layers calls no function of the engine's files, and the reference's
-    im2col, col2im, batch norm, ReLU and sum; with it on, the engine's, and
-    not the reference's col2im or ReLU. The gradients agree."""
+    layers calls no function of the engine's files, and the reference of
+    every dispatched op (im2col, col2im, convolution, batch norm, ReLU and
+    sum); with it on, the engine's, and the reference of no dispatched op
+    (nor col2im): a fast function that handed every call to its reference
+    would pass the comparisons with the reference, but not this. The
+    gradients agree."""
+    references = {_where(getattr(F, name).reference) for name in F.DISPATCHED}
     results = {}
     for on in (True, False):
         with minires.fast.enabled(on):
@@ -490,9 +512,11 @@ def test_the_switch_changes_the_code_that_runs():
             assert (f"fast{os.sep}parallel.py", "over_chunks") in called
             assert {(f"functional{os.sep}conv.py", "col2im"),
                     (f"functional{os.sep}activation.py", "relu_forward")}.isdisjoint(called)
+            assert not references & called, references & called
         else:
             assert files.isdisjoint(ENGINE_FILES | {f"fast{os.sep}parallel.py"}), files
             assert reference <= called, reference - called
+            assert references <= called, references - called
     for name, g in results[True].items():
         assert rel(g, results[False][name]) <= 1e-4, name
 

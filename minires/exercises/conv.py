@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import col2im, conv2d_backward, conv2d_forward, im2col
-from .core import MISSING, Check, CheckResult, as_float64, rel_error
+from .core import MISSING, Check, CheckResult, largest_error
 
 TOL = 1e-10
 """A correct float64 answer is within about 1e-15 of minires's; loops,
@@ -184,8 +184,11 @@ def _check_conv_config(forward: Callable, backward: Callable, config, seed: int
 
     check = Check("check_conv2d")
     what = f"forward(x, w, b, stride={stride}, padding={padding})"
-    parts = check.unpack(what, check.call(what, forward, x.copy(), w.copy(), b.copy(),
-                                          stride, padding), ["out", "cache"])
+    given = (x.copy(), w.copy(), b.copy())
+    parts = check.unpack(what, check.call(what, forward, *given, stride, padding),
+                         ["out", "cache"])
+    for name, before, after in zip("xwb", (x, w, b), given, strict=True):
+        check.unchanged(name, before, after, by="a forward pass")
     if parts is None:
         return check, float("nan")
     out, cache = parts
@@ -201,13 +204,9 @@ def _check_conv_config(forward: Callable, backward: Callable, config, seed: int
         check.compare("db", db, db_ref, TOL, mistakes=db_m)
         check.unchanged("dout", dout, dout_given)
         if not check.failed:
-            return check, _largest_error([(out, out_ref), (dx, dx_ref), (dw, dw_ref),
-                                          (db, db_ref)])
+            return check, largest_error([(out, out_ref), (dx, dx_ref), (dw, dw_ref),
+                                         (db, db_ref)])
     return check, float("nan")
-
-
-def _largest_error(pairs) -> float:
-    return max(rel_error(as_float64(a), as_float64(e)) for a, e in pairs)
 
 
 def check_conv2d(forward: Callable, backward: Callable) -> CheckResult:
@@ -297,7 +296,7 @@ def check_im2col(im2col_fn: Callable) -> CheckResult:
         if cols is not MISSING:
             sub.compare("cols", cols, ref, TOL,
                         mistakes=_im2col_mistakes(x, kernel, stride, padding))
-            sub.unchanged("x", x, x_given)
+            sub.unchanged("x", x, x_given, by="im2col")
         summary = f"ok      {header}: cols {ref.shape} match"
         if not result.merge(sub, header, summary, left=len(COLS_CONFIGS) - k - 1):
             break
@@ -344,7 +343,7 @@ def check_col2im(col2im_fn: Callable) -> CheckResult:
                 rhs = float(np.sum(probe * arr))
                 sub.note(f"dot-product test on a random x: <im2col(x), cols> = {lhs:.6f}, "
                          f"<x, your col2im(cols)> = {rhs:.6f}: an adjoint makes them equal")
-            sub.unchanged("cols", cols, cols_given)
+            sub.unchanged("cols", cols, cols_given, by="col2im")
         summary = f"ok      {header}: x {tuple(x_shape)} matches"
         if not result.merge(sub, header, summary, left=len(COLS_CONFIGS) - k - 1):
             break

@@ -104,6 +104,13 @@ def rel_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(got - expected)) / scale)
 
 
+def largest_error(pairs: Sequence[tuple[Any, Any]]) -> float:
+    """The largest :func:`rel_error` over ``(got, expected)`` pairs of arrays
+    (any backend) that have passed their comparison: what a configuration's
+    one-line summary reports."""
+    return max(rel_error(as_float64(got), as_float64(exp)) for got, exp in pairs)
+
+
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -118,6 +125,13 @@ def _student_line(exc: BaseException) -> str:
         if not inside:
             return f" (at line {frame.lineno}: {frame.line})" if frame.line else ""
     return ""
+
+
+_WHY_UNTOUCHED = {
+    "a backward pass": "another branch may still need them",
+    "a forward pass": "the caller may still use them: a shortcut, the previous layer's cache",
+}
+"""Why an input must come back untouched, by who received it (:meth:`Check.unchanged`)."""
 
 
 class Check:
@@ -247,17 +261,30 @@ class Check:
                     self.hint(f"{what} is the right answer times {k:.4g}: a constant factor "
                               "is off (a mean taken as a sum, or the other way round?).")
                 return
+        err = rel_error(arr, exp)
+        if err < 1e-6:
+            self.hint(f"{what} is close to the answer, off by {err:.0e}, about the precision "
+                      "of float32: is part of it computed or stored in float32 (an astype, "
+                      "an array allocated as np.float32)? Compute in the dtype of the input.")
+            return
         if arr.size > 1 and np.allclose(np.sort(arr, axis=None), np.sort(exp, axis=None),
                                         rtol=1e-6, atol=1e-12):
             self.hint(f"{what} holds the right numbers in the wrong places: check the "
                       "order of the axes (a reshape where a transpose is needed?).")
 
-    def unchanged(self, what: str, before: Any, after: Any) -> bool:
-        """Record a failure if an input the student received was modified."""
+    def unchanged(self, what: str, before: Any, after: Any,
+                  by: str = "a backward pass") -> bool:
+        """Record a failure if an input the student received was modified.
+
+        ``by`` names who received it, in the message: ``"a backward pass"``
+        (``dout``, which another branch may still need), ``"a forward pass"``,
+        ``"im2col"``...
+        """
         a, b = as_float64(before), as_float64(after)
         if a is None or b is None or a.shape != b.shape or not np.array_equal(a, b):
-            self.fail(f"{what} was modified in place; a backward pass must leave its "
-                      "inputs untouched (another branch may still need them)")
+            why = _WHY_UNTOUCHED.get(by, "the caller may still use them")
+            self.fail(f"{what} was modified in place; {by} must leave its inputs untouched "
+                      f"({why})")
             return False
         return True
 

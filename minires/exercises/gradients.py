@@ -10,14 +10,15 @@ import numpy as np
 from .core import MISSING, Check, CheckResult, as_float64
 
 
-def _test_function(seed: int = 1):
-    """``f(x) = sin(x @ A)``, x (3, 4), A (4, 5): curved (so a forward
-    difference is visibly worse than a centred one) and coupling the entries
-    of a row (so a perturbation left in place spoils the next entries)."""
+def _test_function(seed: int = 1, shape: tuple[int, ...] = (3, 4)):
+    """``f(x) = sin(x @ A)``, x ``shape`` (3, 4), A (4, 5): curved (so a
+    forward difference is visibly worse than a centred one) and coupling the
+    entries of a row (so a perturbation left in place spoils the next
+    entries)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((3, 4))
-    a = rng.standard_normal((4, 5))
-    dout = rng.standard_normal((3, 5))
+    x = rng.standard_normal(shape)
+    a = rng.standard_normal((shape[-1], 5))
+    dout = rng.standard_normal((*shape[:-1], 5))
 
     def f(x):
         return np.sin(x @ a)
@@ -64,7 +65,10 @@ def check_numerical_gradient(numerical_gradient: Callable) -> CheckResult:
     Run on ``f(x) = sin(x @ A)`` with x (3, 4) and h = 1e-3, against the
     analytic gradient ``(cos(x @ A) * dout) @ A.T``: a centred difference is
     within about 3e-7 of it (its error is of order h^2), a forward difference
-    only 5e-4 (order h).
+    only 5e-4 (order h). Once that passes, once more with x (2, 3, 4) and
+    h = 1e-6, the step of a float64 gradient check: a centred difference in
+    float64 is within about 1e-10, one that handles only 2-D x, or keeps x or
+    the gradient in float32 (2e-8 at best), is not.
     """
     f, grad, x, dout = _test_function()
     h = 1e-3
@@ -121,7 +125,32 @@ def check_numerical_gradient(numerical_gradient: Callable) -> CheckResult:
         n = len(calls)
         check.note(f"f was called {n} times for the {x.size} entries of x "
                    f"({n / x.size:.0f} per entry)")
+        _check_small_step(check, numerical_gradient)
     return check.result()
+
+
+def _check_small_step(check: Check, numerical_gradient: Callable) -> None:
+    """The second case of :func:`check_numerical_gradient`: a 3-D x and the
+    step h = 1e-6 of a float64 gradient check, where only a centred
+    difference over every entry, in float64, stays within 1e-9."""
+    f, grad, x, dout = _test_function(seed=3, shape=(2, 3, 4))
+    h = 1e-6
+    x_given = x.copy()
+    what = f"numerical_gradient(f, x, dout, h) with x {x.shape}, h = {h:g}"
+    got = check.call(what, numerical_gradient, f, x_given, dout.copy(), h)
+    if got is MISSING:
+        check.hint("x may have any shape: loop over every entry with "
+                   "for i in np.ndindex(x.shape), and index x[i] with that tuple.")
+        return
+    ok = check.compare(f"grad for x {x.shape}, h = {h:g}", got, grad(x, dout), tol=1e-9)
+    if not ok and not check.hints:
+        check.hint("x (3, 4) with h = 1e-3 passed, this one not: x may have any shape "
+                   "(loop with for i in np.ndindex(x.shape)), and a step of 1e-6 needs "
+                   "float64 throughout (x as given, grad = np.zeros_like(x); in float32 the "
+                   "differences lose all but a few digits).")
+    if float(np.max(np.abs(x_given - x))) > 1e-12:
+        check.fail(f"x {x.shape} was changed and not restored: the caller's array must "
+                   "come back as it was")
 
 
 def softmax_reference(x: np.ndarray) -> np.ndarray:
@@ -148,8 +177,10 @@ def check_softmax(forward: Callable, backward: Callable) -> CheckResult:
     dx = p * (dout - s)
 
     check = Check("check_softmax")
-    parts = check.unpack("forward(x)", check.call("forward(x)", forward, x.copy()),
+    x_given = x.copy()
+    parts = check.unpack("forward(x)", check.call("forward(x)", forward, x_given),
                          ["p", "cache"])
+    check.unchanged("x", x, x_given, by="a forward pass")
     if parts is None:
         return check.result()
     p_got, cache = parts

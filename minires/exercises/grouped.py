@@ -21,8 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import conv2d_backward, conv2d_forward
-from .conv import _largest_error
-from .core import Check, CheckResult
+from .core import Check, CheckResult, largest_error
 
 TOL = 1e-10
 """A correct float64 answer is within about 1e-15 of the reference: group by
@@ -218,8 +217,8 @@ def _check_config(forward: Callable, backward: Callable | None, config, seed: in
             and tuple(got[2:]) == out_ref.shape[2:] and got[1] != out_ref.shape[1]:
         check.hint(CHANNELS_HINT.format(got=got[1], c_out=w.shape[0], groups=groups,
                                         og=w.shape[0] // groups))
-    check.unchanged("x", x, given[0])
-    check.unchanged("w", w, given[1])
+    for name, before, after in zip("xwb", (x, w, b), given, strict=True):
+        check.unchanged(name, before, after, by="a forward pass")
     pairs = [(out, out_ref)]
     if backward is not None and not check.failed:
         dout_given = dout.copy()
@@ -239,7 +238,7 @@ def _check_config(forward: Callable, backward: Callable | None, config, seed: in
         check.unchanged("dout", dout, dout_given)
     if check.failed:
         return check, float("nan")
-    return check, _largest_error(pairs)
+    return check, largest_error(pairs)
 
 
 def check_grouped_conv2d(forward: Callable, backward: Callable | None = None) -> CheckResult:

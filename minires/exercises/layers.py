@@ -35,8 +35,10 @@ def check_relu(forward: Callable, backward: Callable) -> CheckResult:
     dx_ref = relu_backward(dout, cache_ref)
 
     check = Check("check_relu")
-    parts = check.unpack("forward(x)", check.call("forward(x)", forward, x.copy()),
+    x_given = x.copy()
+    parts = check.unpack("forward(x)", check.call("forward(x)", forward, x_given),
                          ["out", "cache"])
+    check.unchanged("x", x, x_given, by="a forward pass")
     if parts is None:
         return check.result()
     out, cache = parts
@@ -122,9 +124,11 @@ def check_linear(forward: Callable, backward: Callable) -> CheckResult:
     dx_ref, dw_ref, db_ref = linear_backward(dout, cache_ref)
 
     check = Check("check_linear")
-    parts = check.unpack("forward(x, w, b)",
-                         check.call("forward(x, w, b)", forward, x.copy(), w.copy(), b.copy()),
+    given = (x.copy(), w.copy(), b.copy())
+    parts = check.unpack("forward(x, w, b)", check.call("forward(x, w, b)", forward, *given),
                          ["out", "cache"])
+    for name, before, after in zip("xwb", (x, w, b), given, strict=True):
+        check.unchanged(name, before, after, by="a forward pass")
     if parts is not None:
         out, cache = parts
         check.compare("out", out, out_ref, tol=1e-12, mistakes=[

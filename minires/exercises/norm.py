@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..functional import batchnorm_backward, batchnorm_forward
-from .core import Check, CheckResult, as_float64, rel_error
+from .core import Check, CheckResult, largest_error
 
 TOL = 1e-9
 """A correct float64 answer is within about 1e-15 of minires's, whichever
@@ -153,8 +153,11 @@ def _check_batchnorm_config(forward, backward, shape, seed: int) -> tuple[Check,
 
     check = Check("check_batchnorm")
     what = "forward(x, gamma, beta, eps=1e-5)"
-    parts = check.unpack(what, check.call(what, forward, x.copy(), gamma.copy(), beta.copy(),
-                                          EPS), ["out", "cache"])
+    given = (x.copy(), gamma.copy(), beta.copy())
+    parts = check.unpack(what, check.call(what, forward, *given, EPS), ["out", "cache"])
+    for name, before, after in zip(("x", "gamma", "beta"), (x, gamma, beta), given,
+                                   strict=True):
+        check.unchanged(name, before, after, by="a forward pass")
     if parts is None:
         return check, float("nan")
     out, cache = parts
@@ -173,7 +176,7 @@ def _check_batchnorm_config(forward, backward, shape, seed: int) -> tuple[Check,
     if check.failed:
         return check, float("nan")
     pairs = [(out, out_ref), (dx, dx_ref), (dgamma, dgamma_ref), (dbeta, dbeta_ref)]
-    return check, max(rel_error(as_float64(a), as_float64(e)) for a, e in pairs)
+    return check, largest_error(pairs)
 
 
 def check_batchnorm(forward: Callable, backward: Callable) -> CheckResult:
