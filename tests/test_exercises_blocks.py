@@ -217,7 +217,7 @@ def test_correct_student_block_passes():
     (OneReluTwice, "one ReLU module cannot be used twice"),
     (OverwritesParameterGrads, "Parameter gradients accumulate"),
     (ModifiesDoutInPlace, "dout was modified in place"),
-    (AddsIntoItsInput, "[4->4, stride 1] x was modified in place by forward"),
+    (AddsIntoItsInput, "[4->4, stride 1] x was modified in place; a forward pass must"),
 ])
 def test_typical_wrong_block_fails_with_its_hint(wrong, expected):
     result, text = _text(wrong)

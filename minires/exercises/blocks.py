@@ -122,16 +122,6 @@ def _as_module(check: Check, what: str, value: Any) -> Module | None:
     return value
 
 
-def _input_kept(check: Check, what: str, x: np.ndarray, x_given: np.ndarray) -> bool:
-    """Record a failure if the forward pass modified its input ``x`` in place
-    (the layer before may have kept that array for its own backward)."""
-    if np.array_equal(x_given, x):
-        return True
-    check.fail(f"{what} x was modified in place by forward; a forward pass must leave its "
-               "input untouched (the layer before may keep it for its backward)")
-    return False
-
-
 # ---- the skip connection as a module -----------------------------------------
 
 def check_residual_wrapper(residual_class: Callable[[Module], Module]) -> CheckResult:
@@ -177,7 +167,7 @@ def _check_residual_wrapper(residual_class: Callable[[Module], Module]) -> Check
         out = check.call(f"forward [{label}]", block, x_given)
         if out is MISSING:
             break
-        if not _input_kept(check, f"[{label}]", x, x_given):
+        if not check.unchanged(f"[{label}] x", x, x_given, by="a forward pass"):
             check.hint("x changed: inner(x) may hand back x itself (the identity does), so "
                        "`out += x` adds into the caller's array. Write out = inner(x) + x, "
                        "a new array.")
@@ -376,7 +366,7 @@ def _block_case(check: Check, block_class: Callable[[int, int, int], Module],
                        "have F(x)'s shape, so x goes through downsample (1x1 conv with "
                        "the block's stride, then BN) before the sum.")
         return False
-    _input_kept(check, label, x, x_given)
+    check.unchanged(f"{label} x", x, x_given, by="a forward pass")
     if not check.compare(f"{label} out", out, r["out"], TOL, mistakes=[
             (r["relu_first_out"], "out = ReLU(F(x)) + shortcut(x): the ReLU must come "
                                   "after the sum, out = ReLU(F(x) + shortcut(x))."),
